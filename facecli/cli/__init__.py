@@ -1,0 +1,1 @@
+"""The command-line layer: typer apps that parse options, call the library and render results. No logic here."""

@@ -1,0 +1,60 @@
+"""Shared pytest fixtures: where ../shared is (tests that need it skip cleanly without it) and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` beside the repository; skips the test when it is absent (a user's clone)."""
+    if not (SHARED / "README.md").is_file():
+        pytest.skip("../shared is not present")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def insightface_t1() -> Path:
+    """The six-face sample photo that ships inside the insightface package."""
+    import insightface
+
+    path = Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"
+    if not path.is_file():
+        pytest.skip("insightface sample images are not installed")
+    return path
+
+
+class CliResult:
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+
+    def json(self):
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``python -m facecli ARGS`` in a subprocess (real exit codes, real stdout/stderr)."""
+
+    def run(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> CliResult:
+        proc = subprocess.run(
+            [sys.executable, "-m", "facecli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=timeout,
+            env=env,
+        )
+        return CliResult(proc)
+
+    return run
