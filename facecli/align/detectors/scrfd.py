@@ -1,0 +1,74 @@
+"""SCRFD / RetinaFace detectors exported by insightface, run through ``insightface.model_zoo``.
+
+insightface's model router recognises its detection ONNX files (SCRFD and RetinaFace share the output layout) and
+returns a detector that expects BGR input; this adapter converts the colour order once and returns :class:`Face`
+objects like every other detector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from facecli.align.detectors.base import DETECTORS, Face
+from facecli.errors import UsageError
+
+
+class SCRFD:
+    """An insightface SCRFD/RetinaFace ONNX model (``--det-model PATH.onnx``)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        input_size: tuple[int, int] = (640, 640),
+        score_threshold: float = 0.5,
+        threads: int = 1,
+    ) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise UsageError(f"detector model not found: {path}")
+        if path.suffix.lower() != ".onnx":  # insightface treats other names as model-package folders
+            raise UsageError(f"detector model must be an .onnx file: {path}")
+        import onnxruntime as ort
+        from insightface import model_zoo
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        try:
+            model = model_zoo.get_model(str(path), providers=["CPUExecutionProvider"], sess_options=opts)
+        except Exception as exc:  # onnxruntime/onnx parse errors name the internal cause only
+            raise UsageError(f"cannot load detector model {path}: {exc}") from None
+        if model is None or not hasattr(model, "detect") or getattr(model, "taskname", "detection") != "detection":
+            raise UsageError(f"{path} is not an insightface SCRFD/RetinaFace detection model")
+        model.prepare(ctx_id=-1, input_size=tuple(input_size), det_thresh=float(score_threshold))
+        self._model = model
+
+    def detect(self, image_rgb: np.ndarray) -> list[Face]:
+        bgr = np.ascontiguousarray(image_rgb[:, :, ::-1])
+        boxes, keypoints = self._model.detect(bgr)
+        if keypoints is None:
+            raise UsageError("this detector model gives no 5-point landmarks, which alignment needs")
+        return [
+            Face(
+                box=np.asarray(boxes[i, :4], dtype=np.float32),
+                score=float(boxes[i, 4]),
+                landmarks=np.asarray(keypoints[i], dtype=np.float32).reshape(5, 2),
+            )
+            for i in range(len(boxes))
+        ]
+
+
+@DETECTORS.register("scrfd")
+def build_scrfd(
+    model_path: str | Path | None = None,
+    input_size: tuple[int, int] = (640, 640),
+    score_threshold: float = 0.5,
+    threads: int = 1,
+    **_other_detectors_options: object,
+) -> SCRFD:
+    """SCRFD/RetinaFace needs its ONNX file (``--det-model``); insightface's weights are not bundled."""
+    if model_path is None:
+        raise UsageError("--detector scrfd needs --det-model PATH.onnx (an insightface SCRFD or RetinaFace model)")
+    return SCRFD(model_path, input_size=input_size, score_threshold=score_threshold, threads=threads)

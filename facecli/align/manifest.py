@@ -1,0 +1,119 @@
+"""``manifest.csv``: one row per input file and face, the record of what ``align`` did and why.
+
+Rows carry the source and output paths (relative to RAW and OUT, POSIX separators, so a manifest stays valid when
+both folders move), the status and reason, and for crops the detector score, box, five landmarks, the 2x3
+similarity matrix, the image size and the seconds spent. Sharded runs write ``manifest.shard-I-of-N.csv`` each;
+:func:`merge_manifests` joins them. Every manifest is written atomically.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from facecli.errors import UsageError
+from facecli.fileio import atomic_path
+
+MANIFEST_NAME = "manifest.csv"
+_SHARD_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.csv$")
+
+BOX_COLUMNS = ["box_x1", "box_y1", "box_x2", "box_y2"]
+LANDMARK_COLUMNS = [f"lm{i}_{axis}" for i in range(5) for axis in ("x", "y")]
+MATRIX_COLUMNS = ["m00", "m01", "m02", "m10", "m11", "m12"]
+COLUMNS = [
+    "source",
+    "output",
+    "status",
+    "reason",
+    "face",
+    "score",
+    *BOX_COLUMNS,
+    *LANDMARK_COLUMNS,
+    *MATRIX_COLUMNS,
+    "width",
+    "height",
+    "seconds",
+]
+
+INTEGER_COLUMNS = ["face", "width", "height"]
+
+#: statuses that mean "a crop exists for this row"
+WRITTEN_STATUSES = ("ok", "skipped_existing")
+
+
+def manifest_name(shard: int = 0, num_shards: int = 1) -> str:
+    return MANIFEST_NAME if num_shards == 1 else f"manifest.shard-{shard}-of-{num_shards}.csv"
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows (dicts keyed by :data:`COLUMNS`) as CSV, sorted by source and face, atomically."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    for column in INTEGER_COLUMNS:  # stay "3", not "3.0", when some rows have no value
+        frame[column] = pd.to_numeric(frame[column]).astype("Int64")
+    if len(frame):
+        frame = frame.sort_values(["source", "face"], kind="stable", na_position="first")
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """Rows of a manifest written by :func:`write_manifest` (missing cells become None)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype={"source": str, "output": str, "status": str, "reason": str})
+    except Exception as exc:
+        raise UsageError(f"cannot read manifest {path}: {exc}") from None
+    missing = [c for c in ("source", "output", "status") if c not in frame.columns]
+    if missing:
+        raise UsageError(f"{path} is not an align manifest (missing columns: {', '.join(missing)})")
+    frame = frame.astype(object).where(frame.notna(), None)
+    return frame.to_dict("records")
+
+
+def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Files per status (a file with several faces counts once per status it has)."""
+    seen: dict[str, set] = {}
+    for row in rows:
+        seen.setdefault(row["status"], set()).add(row["source"])
+    return {status: len(sources) for status, sources in sorted(seen.items())}
+
+
+def merge_manifests(out: str | Path) -> dict[str, Any]:
+    """Join ``manifest.shard-I-of-N.csv`` in ``out`` into ``manifest.csv``; every shard must be there, once."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UsageError(f"output folder not found: {out}")
+    shards: dict[int, set[int]] = {}
+    for path in out.iterdir():
+        match = _SHARD_RE.match(path.name)
+        if match:
+            shards.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+    if not shards:
+        raise UsageError(f"no shard manifests (manifest.shard-I-of-N.csv) in {out}")
+    if len(shards) > 1:
+        raise UsageError(f"shard manifests of different splits in {out}: N = {sorted(shards)}")
+    (num_shards, present), = shards.items()
+    missing = sorted(set(range(num_shards)) - present)
+    if missing:
+        raise UsageError(f"missing shard manifests for shards {missing} of {num_shards} in {out}")
+    rows: list[dict[str, Any]] = []
+    owner: dict[str, int] = {}
+    for shard in range(num_shards):
+        for row in read_manifest(out / manifest_name(shard, num_shards)):
+            previous = owner.setdefault(row["source"], shard)
+            if previous != shard:
+                raise UsageError(f"{row['source']} appears in shards {previous} and {shard}")
+            rows.append(row)
+    write_manifest(out / MANIFEST_NAME, rows)
+    return {
+        "out": str(out),
+        "manifest": str(out / MANIFEST_NAME),
+        "shards": num_shards,
+        "files": len(owner),
+        "rows": len(rows),
+        "counts": status_counts(rows),
+    }

@@ -1,0 +1,139 @@
+"""Verification benchmark ``.bin`` files (LFW, CFP-FP, AgeDB-30 ... as insightface distributes them), read safely.
+
+A ``.bin`` is a pickle of ``(list_of_encoded_images, issame)`` where pair ``i`` is images ``2i`` and ``2i+1``.
+These files are downloaded from the internet and a plain ``pickle.load`` would run whatever code they name, so
+they are read with an unpickler that can build only lists, tuples, bytes, bools, ints and (through an explicit
+allow-list) numpy bool arrays. Python-2 pickles (insightface's originals) are read with ``encoding='bytes'``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from facecli.errors import CorruptFileError, UsageError
+
+_ALLOWED_DTYPES = frozenset({"b1", "?", "bool"})
+
+
+def _safe_dtype(name: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """``numpy.dtype`` for the unpickler: only the boolean dtype of ``issame`` arrays."""
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    if name not in _ALLOWED_DTYPES:
+        raise pickle.UnpicklingError(f"numpy dtype {name!r} is not allowed in a .bin file")
+    return np.dtype(bool)
+
+
+class _NdarrayToken:
+    """Stands in for ``numpy.ndarray`` in a pickle, so the class itself can never be called with pickle arguments."""
+
+
+def _safe_reconstruct(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
+    """``numpy.core.multiarray._reconstruct`` for the unpickler: plain ndarrays only (filled by ``__setstate__``)."""
+    if cls is not _NdarrayToken:
+        raise pickle.UnpicklingError("only plain numpy arrays are allowed in a .bin file")
+    return np.ndarray.__new__(np.ndarray, (0,), np.dtype(bool))
+
+
+def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode``, which Python 3 pickles of protocol < 3 use to spell ``bytes``."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("unexpected _codecs.encode call in a .bin file")
+    return text.encode("latin1")
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
+    ("numpy", "dtype"): _safe_dtype,
+    ("numpy", "ndarray"): _NdarrayToken,
+    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("_codecs", "encode"): _latin1_encode,
+    ("__builtin__", "bytearray"): bytearray,
+    ("builtins", "bytearray"): bytearray,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds only plain containers and scalars; every global outside the allow-list is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are not allowed in a .bin file")
+
+
+def safe_unpickle(data: bytes) -> Any:
+    """Unpickle ``data`` with the restricted unpickler (Python-2 strings come back as bytes)."""
+    return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+
+
+def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
+    """Read a verification ``.bin``: the encoded images and the bool ``issame`` array (one per pair).
+
+    Raises UsageError when the file is missing and CorruptFileError when it is not a valid ``.bin`` (including a
+    pickle that tries to call anything, which is refused before it runs).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"benchmark file not found: {path}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        obj = safe_unpickle(data)
+    except pickle.UnpicklingError as exc:
+        raise CorruptFileError(f"{path}: not a safe verification .bin ({exc})") from None
+    except Exception as exc:  # truncated/garbled pickles raise EOFError, ValueError, TypeError, ...
+        raise CorruptFileError(f"{path}: not a readable .bin pickle ({type(exc).__name__}: {exc})") from None
+    return _validate(path, obj)
+
+
+def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        raise CorruptFileError(f"{path}: expected a pair (images, issame), found {type(obj).__name__}")
+    images, issame = obj
+    if not isinstance(images, (list, tuple)):
+        raise CorruptFileError(f"{path}: the image list is a {type(images).__name__}, not a list")
+    bins: list[bytes] = []
+    for i, item in enumerate(images):
+        if isinstance(item, (bytes, bytearray)):
+            bins.append(bytes(item))
+        else:
+            raise CorruptFileError(f"{path}: image {i} is a {type(item).__name__}, not encoded image bytes")
+    if isinstance(issame, np.ndarray):
+        if issame.dtype != np.bool_ or issame.ndim != 1:
+            raise CorruptFileError(f"{path}: issame must be a 1-D bool array, found {issame.dtype} {issame.shape}")
+        flags = issame.copy()
+    elif isinstance(issame, (list, tuple)):
+        if not all(isinstance(v, (bool, int)) and v in (0, 1) for v in issame):
+            raise CorruptFileError(f"{path}: issame must hold only booleans")
+        flags = np.array([bool(v) for v in issame], dtype=bool)
+    else:
+        raise CorruptFileError(f"{path}: issame is a {type(issame).__name__}, not a list of booleans")
+    if len(bins) != 2 * len(flags):
+        raise CorruptFileError(
+            f"{path}: {len(bins)} images but {len(flags)} pairs; a .bin needs exactly 2 images per pair"
+        )
+    return bins, flags
+
+
+def save_bin(path: str | os.PathLike, images: list[bytes], issame: list[bool] | np.ndarray) -> None:
+    """Write a ``.bin`` that insightface's ``load_bin`` reads: ``pickle((list of bytes, list of bool))``, atomically."""
+    from facecli.fileio import atomic_write_bytes
+
+    flags = [bool(v) for v in issame]
+    if len(images) != 2 * len(flags):
+        raise ValueError(f"{len(images)} images for {len(flags)} pairs; need 2 per pair")
+    payload = pickle.dumps(([bytes(b) for b in images], flags), protocol=4)
+    atomic_write_bytes(path, payload)

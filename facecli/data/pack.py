@@ -1,0 +1,567 @@
+"""Pack a folder dataset into insightface record files: ``train.rec``/``train.idx``/``property`` + ``labels.csv``.
+
+Two passes keep memory independent of the dataset size: :func:`plan_pack` lists every identity once and keeps
+only names and counts (labels are fixed there, so every shard agrees on them); :func:`write_pack` lists one
+identity at a time again, prepares its images (optionally in worker processes, results kept in input order) and
+streams the records out. Output is a pure function of the input files and options: the same source gives
+byte-identical files with 1 or N workers, and ``--shard I/N`` parts merged with :func:`merge_parts` give exactly
+the files an unsharded run writes.
+
+Output layouts (``layout_out``):
+
+* ``ms1m`` (insightface ``RecBuilder``/``MXFaceDataset``): images are keys ``1..N`` with
+  ``IRHeader(0, label, key, 0)``; then one record per identity, label ``[start, end)`` of its image keys; then
+  the header record key 0, label ``[first identity key, one past the last]``, ``id2 = 1``, written last.
+* ``flat`` (im2rec style): images are keys ``0..N-1`` with ``IRHeader(0, label, key, 0)``, nothing else.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import functools
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import tempfile
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from facecli.data.layouts import Identity, Layout, Sample, Selection
+from facecli.data.payloads import Encoding, prepare, probe
+from facecli.data.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack, write_property
+from facecli.errors import UsageError
+from facecli.fileio import atomic_write_text
+
+LAYOUTS_OUT = ("ms1m", "flat")
+REC_NAME = "train"
+LABELS_CSV = "labels.csv"
+RECORDS_CSV = "records.csv"
+PACK_JSON = "pack.json"
+_PART_RE = re.compile(r"^(?P<name>.+)\.part-(?P<i>\d+)-of-(?P<n>\d+)\.rec$")
+
+
+@dataclass
+class PlannedIdentity:
+    name: str
+    label: int
+    identity: Identity
+    planned: int  # images selected (before reading them)
+
+
+@dataclass
+class PackPlan:
+    """What to pack: a layout and a selection, plus (once listed) identities in label order with image counts.
+
+    A *lazy* plan (``identities is None``, from :func:`lazy_plan`) is listed while writing, in one pass; a
+    *listed* plan (from :func:`plan_pack`) is what every ``--shard`` must agree on.
+    """
+
+    layout: Layout
+    selection: Selection
+    identities: list[PlannedIdentity] | None = None
+    dropped_identities: int = 0  # below --min-images (or empty) before reading
+    image_size: tuple[int, int] | None = None  # (width, height); None when there is nothing to pack
+
+    @property
+    def num_images(self) -> int:
+        return sum(p.planned for p in self.identities or ())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.identities or ())
+
+    def shard(self, index: int, count: int) -> list[PlannedIdentity]:
+        """Shard ``index`` of ``count``: a contiguous run of identities holding about 1/count of the images."""
+        if not 0 <= index < count:
+            raise UsageError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
+        total = max(self.num_images, 1)
+        chosen, before = [], 0
+        for planned in self.identities:
+            # an identity belongs to the shard in which its first image falls
+            if before * count // total == index:
+                chosen.append(planned)
+            before += planned.planned
+        return chosen
+
+
+def iter_plan(layout: Layout, selection: Selection, dropped: list[str] | None = None,
+              ) -> Iterator[tuple[PlannedIdentity, list[Sample]]]:
+    """Identities in label order with their selected samples, labels assigned as identities pass the filters.
+
+    Identities left empty by the selection or below ``--min-images`` get no label; their names are appended to
+    ``dropped`` (when given). Memory: one identity's samples at a time.
+    """
+    label = 0
+    for identity in layout.identities():
+        samples = selection.apply(layout.samples(identity))
+        if not samples or len(samples) < selection.min_images:
+            if dropped is not None:
+                dropped.append(identity.name)
+            continue
+        yield PlannedIdentity(identity.name, label, identity, len(samples)), samples
+        label += 1
+
+
+def lazy_plan(layout: Layout, selection: Selection, image_size: tuple[int, int] | None = None) -> PackPlan:
+    """A plan that :func:`write_pack` lists as it writes: one pass over the source, memory of one identity."""
+    return PackPlan(layout, selection, None, 0, image_size)
+
+
+def plan_pack(layout: Layout, selection: Selection, image_size: tuple[int, int] | None = None) -> PackPlan:
+    """A full first pass (needed by ``--shard``): every identity's label and image count, and the image size.
+
+    ``image_size`` (width, height) is the size records store (``--resize``); without it, the size of the first
+    readable image in label order becomes the dataset's size.
+    """
+    planned: list[PlannedIdentity] = []
+    dropped: list[str] = []
+    size = image_size
+    for identity, samples in iter_plan(layout, selection, dropped):
+        if size is None:
+            size = _first_size(samples)
+        planned.append(identity)
+    return PackPlan(layout, selection, planned, len(dropped), size)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _first_size(samples: Sequence[Sample]) -> tuple[int, int] | None:
+    for sample in samples:
+        try:
+            info = probe(_read(sample.path))
+        except Exception:
+            continue
+        return info.width, info.height
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing records in a chosen layout
+
+
+class DatasetWriter:
+    """Writes image records grouped by label (labels must not decrease) and finishes the output layout.
+
+    ``records.csv`` gets one row per image record (key, label, identity, path, source) so that ``unpack`` can
+    restore file names and every record can be traced back to its source photo.
+    """
+
+    def __init__(self, out: Path, name: str, layout_out: str, records_name: str = RECORDS_CSV) -> None:
+        if layout_out not in LAYOUTS_OUT:
+            raise UsageError(f"unknown output layout {layout_out!r}; choose one of: {', '.join(LAYOUTS_OUT)}")
+        self.layout_out = layout_out
+        self.writer = RecordWriter(out / f"{name}.rec", out / f"{name}.idx")
+        self._records_path = out / records_name
+        fd, tmp = tempfile.mkstemp(prefix=f".{records_name}.", suffix=".tmp", dir=out)
+        self._records_tmp = Path(tmp)
+        self._records_fh = open(fd, "w", newline="", encoding="utf-8")
+        self._records = csv.writer(self._records_fh, lineterminator="\n")
+        self._records.writerow(["key", "label", "identity", "path", "source"])
+        self.next_key = 1 if layout_out == "ms1m" else 0
+        self.counts: list[int] = []  # images per label, grown as labels arrive
+        self._last_label = -1
+
+    def add(self, label: int, payload: bytes, identity: str, rel: str, source: str = "") -> int:
+        if label < self._last_label:
+            raise ValueError("records must be added in label order")
+        self._last_label = label
+        key = self.next_key
+        self.writer.write(key, pack(IRHeader(0, float(label), key, 0), payload))
+        self._records.writerow([key, label, identity, rel, source])
+        if label >= len(self.counts):
+            self.counts.extend([0] * (label + 1 - len(self.counts)))
+        self.counts[label] += 1
+        self.next_key += 1
+        return key
+
+    def close(self, num_classes: int) -> dict[str, str]:
+        """Write identity and header records (ms1m), rename everything into place; returns sha256 per file."""
+        if self.layout_out == "ms1m":
+            first_identity_key = self.next_key
+            start = 1
+            counts = self.counts + [0] * (num_classes - len(self.counts))
+            for label, count in enumerate(counts):
+                key = first_identity_key + label
+                self.writer.write(key, pack(IRHeader(0, [start, start + count], key, 0), b""))
+                start += count
+            end = first_identity_key + num_classes
+            self.writer.write(0, pack(IRHeader(0, [first_identity_key, end], 0, 1), b""))
+        self.writer.close()
+        self._records_fh.close()
+        os.replace(self._records_tmp, self._records_path)
+        return {
+            self.writer.rec_path.name: self.writer.rec_sha256,
+            self.writer.idx_path.name: self.writer.idx_sha256,
+        }
+
+    def abort(self) -> None:
+        self.writer.abort()
+        self._records_fh.close()
+        self._records_tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ordered parallel preparation with bounded memory
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int, chunk: int = 32) -> Iterator:
+    """``map(fn, items)`` in order, with ``workers`` processes and at most ``4 * workers`` chunks in flight."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    iterator = iter(items)
+    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+
+        def submit() -> bool:
+            batch = []
+            for item in iterator:
+                batch.append(item)
+                if len(batch) == chunk:
+                    break
+            if batch:
+                pending.append(pool.submit(_map_chunk, fn, batch))
+            return bool(batch)
+
+        while len(pending) < 4 * workers and submit():
+            pass
+        while pending:
+            results = pending.popleft().result()
+            submit()
+            yield from results
+
+
+def _map_chunk(fn: Callable, batch: list) -> list:
+    return [fn(item) for item in batch]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pack job
+
+
+@dataclass
+class PackOptions:
+    layout_out: str = "ms1m"
+    quality: int = 95
+    resize: tuple[int, int] | None = None  # (width, height)
+    verify: str = "header"
+    workers: int = 1
+    shard: tuple[int, int] | None = None  # (index, count)
+    name: str = REC_NAME
+
+
+@dataclass
+class PackResult:
+    out: Path
+    files: dict[str, dict]
+    num_classes: int
+    num_images: int
+    image_size: tuple[int, int] | None
+    layout_out: str
+    statuses: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict] = field(default_factory=list)
+    dropped_identities: int = 0
+    shard: tuple[int, int] | None = None
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data["out"] = str(self.out)
+        return data
+
+
+def write_pack(
+    plan: PackPlan,
+    out: Path,
+    options: PackOptions,
+    source: str,
+    advance: Callable[[int], None] = lambda n: None,
+    settings: dict | None = None,
+) -> PackResult:
+    """List, prepare and write every selected image; returns what was written and what was skipped.
+
+    A lazy plan is listed during this single streaming pass; ``options.shard`` needs a listed plan (made here
+    when missing) so that all shards agree on labels and the image size. ``advance(1)`` is called once per
+    identity (a progress unit known before any image is read). ``settings`` (the user's options, for
+    ``pack.json``) must hold nothing run-specific (workers, times), so that ``pack.json`` is reproducible too.
+    """
+    out = Path(out)
+    layout, selection = plan.layout, plan.selection
+    if options.shard is not None and plan.identities is None:
+        plan = plan_pack(layout, selection, options.resize or plan.image_size)
+    dropped: list[str] = []
+    if plan.identities is None:
+        stream, size = _peek_size(iter_plan(layout, selection, dropped), options.resize or plan.image_size)
+    else:
+        chosen = plan.identities if options.shard is None else plan.shard(*options.shard)
+        size = options.resize or plan.image_size
+        stream = ((p, selection.apply(layout.samples(p.identity))) for p in chosen)
+    if options.shard is None:
+        name, layout_out, records_name = options.name, options.layout_out, RECORDS_CSV
+    else:
+        name = part_name(options.name, *options.shard)
+        layout_out, records_name = "flat", f"{name}.records.csv"
+    if size is None:
+        raise UsageError("nothing to pack: no images selected (or none readable); check the layout and filters")
+    encoding = Encoding(size=size, resize=options.resize is not None, quality=options.quality, verify=options.verify)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = DatasetWriter(out, name, layout_out, records_name)
+    statuses: Counter = Counter()
+    skipped: list[dict] = []
+    identities: list[PlannedIdentity] = []
+    in_flight: deque = deque()  # (planned, sample, last of its identity) awaiting results, in order
+    try:
+        samples = _track(stream, in_flight, identities)
+        prepared = ordered_map(functools.partial(prepare, encoding=encoding), samples, options.workers)
+        for result in prepared:
+            planned, sample, last = in_flight.popleft()
+            statuses[result.status] += 1
+            if result.payload is None:
+                skipped.append({"path": sample.rel, "status": result.status, "reason": result.reason})
+            else:
+                writer.add(planned.label, result.payload, planned.name, sample.rel, sample.source)
+            if last:
+                advance(1)
+        num_classes = len(identities) if plan.identities is None else plan.num_classes
+        hashes = writer.close(num_classes)
+    except BaseException:
+        writer.abort()
+        raise
+    advance(len(dropped))
+    counts = writer.counts + [0] * (num_classes - len(writer.counts))
+    files = {fname: {"size": (out / fname).stat().st_size, "sha256": sha} for fname, sha in hashes.items()}
+    result = PackResult(
+        out=out,
+        files=files,
+        num_classes=num_classes,
+        num_images=sum(counts),
+        image_size=size,
+        layout_out=options.layout_out,
+        statuses=dict(sorted(statuses.items())),
+        skipped=skipped,
+        dropped_identities=len(dropped) if plan.identities is None else plan.dropped_identities,
+        shard=options.shard,
+    )
+    meta = {
+        "source": source,
+        "settings": settings or {},
+        "identities": [[p.label, p.name, counts[p.label]] for p in identities],
+    }
+    if options.shard is None:
+        _finish(out, result, [(p.label, p.name, counts[p.label]) for p in identities], meta)
+    else:
+        meta["result"] = result.as_dict()
+        atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    return result
+
+
+def _peek_size(stream, resize):
+    """The image size (``resize``, else the first readable image's) and the stream with the peeked items back."""
+    if resize is not None:
+        return stream, resize
+    peeked = []
+    for item in stream:
+        peeked.append(item)
+        size = _first_size(item[1])
+        if size is not None:
+            return itertools.chain(peeked, stream), size
+    return iter(peeked), None
+
+
+def _track(stream, in_flight: deque, identities: list[PlannedIdentity]) -> Iterator[str]:
+    """Yield sample paths for the workers, remembering (identity, sample, is-last) until each result comes back."""
+    for planned, samples in stream:
+        identities.append(planned)
+        for i, sample in enumerate(samples):
+            in_flight.append((planned, sample, i == len(samples) - 1))
+            yield sample.path
+
+
+def _finish(out: Path, result: PackResult, labels: list[tuple[int, str, int]], meta: dict) -> None:
+    """property, labels.csv and pack.json (with the sha256 of every output) for a finished dataset."""
+    w, h = result.image_size or (0, 0)
+    write_property(out, result.num_classes, h, w)
+    buf = io.StringIO()
+    table = csv.writer(buf, lineterminator="\n")
+    table.writerow(["label", "identity", "images"])
+    table.writerows(labels)
+    atomic_write_text(out / LABELS_CSV, buf.getvalue())
+    for fname in ("property", LABELS_CSV, RECORDS_CSV):
+        data = (out / fname).read_bytes() if fname != RECORDS_CSV else None
+        sha = hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(out / fname)
+        result.files[fname] = {"size": (out / fname).stat().st_size, "sha256": sha}
+    record = {
+        "format": "insightface-recordio",
+        "layout_out": result.layout_out,
+        "source": meta["source"],
+        "settings": meta["settings"],
+        "num_classes": result.num_classes,
+        "num_images": result.num_images,
+        "image_size": {"width": w, "height": h},
+        "statuses": result.statuses,
+        "skipped": result.skipped,
+        "dropped_identities": result.dropped_identities,
+        "files": result.files,
+    }
+    atomic_write_text(out / PACK_JSON, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shards
+
+
+def part_name(name: str, index: int, count: int) -> str:
+    return f"{name}.part-{index:03d}-of-{count:03d}"
+
+
+def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
+                advance: Callable[[int], None] = lambda n: None) -> PackResult:
+    """Concatenate the ``--shard I/N`` parts in ``out`` into the final dataset (keys renumbered, layout finished)."""
+    out = Path(out)
+    parts: dict[int, Path] = {}
+    counts = set()
+    for path in sorted(out.glob(f"{name}.part-*-of-*.rec")):
+        match = _PART_RE.match(path.name)
+        if match and match.group("name") == name:
+            parts[int(match.group("i"))] = path
+            counts.add(int(match.group("n")))
+    if not parts:
+        raise UsageError(f"no shard parts '{name}.part-III-of-NNN.rec' in {out}")
+    if len(counts) != 1:
+        raise UsageError(f"{out} holds parts of different shard counts: {sorted(counts)}")
+    total = counts.pop()
+    missing = [i for i in range(total) if i not in parts]
+    if missing:
+        raise UsageError(f"cannot merge: shard(s) {', '.join(map(str, missing))} of {total} are missing in {out}")
+    metas = [json.loads(parts[i].with_suffix(".json").read_text(encoding="utf-8")) for i in range(total)]
+    first = metas[0]
+    result0 = first["result"]
+    for meta in metas[1:]:
+        if meta["settings"] != first["settings"] or meta["source"] != first["source"]:
+            raise UsageError("cannot merge: the parts were packed from different sources or with different options")
+    num_classes = result0["num_classes"]
+    writer = DatasetWriter(out, name, layout_out)
+    labels: list[tuple[int, str, int]] = []
+    statuses: Counter = Counter()
+    skipped: list[dict] = []
+    try:
+        for i in range(total):
+            meta = metas[i]
+            labels.extend(tuple(x) for x in meta["identities"])
+            statuses.update(meta["result"]["statuses"])
+            skipped.extend(meta["result"]["skipped"])
+            reader = RecordReader(parts[i])
+            with open(parts[i].with_name(f"{part_name(name, i, total)}.records.csv"), newline="", encoding="utf-8") as fh:
+                rows = csv.DictReader(fh)
+                for (offset, record), row in zip(reader.scan(), rows):
+                    header, payload = unpack(record)
+                    writer.add(int(header.label), payload, row["identity"], row["path"], row["source"])
+                    advance(1)
+            reader.close()
+        hashes = writer.close(num_classes)
+    except BaseException:
+        writer.abort()
+        raise
+    files = {fname: {"size": (out / fname).stat().st_size, "sha256": sha} for fname, sha in hashes.items()}
+    size = result0["image_size"]
+    result = PackResult(
+        out=out,
+        files=files,
+        num_classes=num_classes,
+        num_images=sum(writer.counts),
+        image_size=tuple(size) if size else None,
+        layout_out=layout_out,
+        statuses=dict(sorted(statuses.items())),
+        skipped=skipped,
+        dropped_identities=result0["dropped_identities"],
+    )
+    _finish(out, result, labels, {"source": first["source"], "settings": first["settings"]})
+    for i in range(total):
+        for suffix in (".rec", ".idx", ".json", ".records.csv"):
+            path = out / (part_name(name, i, total) + suffix)
+            path.unlink(missing_ok=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# im2rec .lst files
+
+
+def read_lst(path: Path) -> Iterator[tuple[int, float, str]]:
+    """Rows of an im2rec ``.lst`` (``index<TAB>label[<TAB>label...]<TAB>path``) as (key, first label, path)."""
+    try:
+        fh = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f".lst file not found: {path}") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            fields = [f.strip() for f in line.strip().split("\t")]
+            if len(fields) < 3:
+                if line.strip():
+                    raise UsageError(f"{path}: line {lineno} needs index<TAB>label<TAB>path")
+                continue
+            try:
+                yield int(fields[0]), float(fields[1]), fields[-1]
+            except ValueError:
+                raise UsageError(f"{path}: line {lineno}: index and label must be numbers") from None
+
+
+def pack_lst(lst: Path, root: Path, out: Path, options: PackOptions,
+             advance: Callable[[int], None] = lambda n: None) -> PackResult:
+    """Pack the images an im2rec ``.lst`` lists, in its order, keyed by its index: ``im2rec --pass-through``.
+
+    Each record is ``IRHeader(0, first label, index, 0)`` (im2rec without ``--pack-label``). JPEGs of the
+    dataset's size are stored as they are, so the output equals im2rec's byte for byte; other images are encoded
+    (or resized with ``options.resize``) as in :func:`write_pack`.
+    """
+    out = Path(out)
+    rows = read_lst(lst)
+    head = list(itertools.islice(rows, 100))
+    size = options.resize or _first_size([Sample(str(Path(root) / p), p, "") for _, _, p in head])
+    if size is None:
+        raise UsageError(f"nothing to pack: no readable images among the first rows of {lst}")
+    encoding = Encoding(size=size, resize=options.resize is not None, quality=options.quality, verify=options.verify)
+    out.mkdir(parents=True, exist_ok=True)
+    statuses: Counter = Counter()
+    skipped: list[dict] = []
+    labels: set[float] = set()
+    in_flight: deque = deque()
+
+    def paths() -> Iterator[str]:
+        for row in itertools.chain(head, rows):
+            in_flight.append(row)
+            yield str(Path(root) / row[2])
+
+    with RecordWriter(out / f"{options.name}.rec", out / f"{options.name}.idx") as writer:
+        for result in ordered_map(functools.partial(prepare, encoding=encoding), paths(), options.workers):
+            key, label, rel = in_flight.popleft()
+            statuses[result.status] += 1
+            advance(1)
+            if result.payload is None:
+                skipped.append({"path": rel, "status": result.status, "reason": result.reason})
+                continue
+            labels.add(label)
+            writer.write(key, pack(IRHeader(0, label, key, 0), result.payload))
+    files = {
+        writer.rec_path.name: {"size": writer.rec_path.stat().st_size, "sha256": writer.rec_sha256},
+        writer.idx_path.name: {"size": writer.idx_path.stat().st_size, "sha256": writer.idx_sha256},
+    }
+    return PackResult(out=out, files=files, num_classes=len(labels),
+                      num_images=writer.count, image_size=size, layout_out="lst",
+                      statuses=dict(sorted(statuses.items())), skipped=skipped)

@@ -1,0 +1,115 @@
+"""Record files back to identity folders, so that ``pack → unpack → pack`` reproduces the same bytes.
+
+Each image record is written as its stored bytes (never re-encoded) to ``OUT/<identity>/<name>``. Identity names
+come from ``labels.csv`` beside the record file when present (else the zero-padded label, which sorts like the
+label). File names come from ``records.csv`` when it records a path inside the identity folder; otherwise they are
+the zero-padded record key. Both choices sort in record order, which is what makes the round trip exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from facecli.data.payloads import probe
+from facecli.data.recordio import RecordReader, first_label, read_ms1m_layout, unpack
+from facecli.errors import CorruptFileError, UsageError
+from facecli.fileio import atomic_write_bytes
+from facecli.imageio import ImageReadError
+
+_EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "bmp": ".bmp", "webp": ".webp", "tiff": ".tif"}
+
+
+def find_record_file(path: Path) -> Path:
+    """``path`` itself if it is a ``.rec``, else the single (or ``train``) ``.rec`` inside the folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise UsageError(f"not found: {path}")
+    if (path / "train.rec").is_file():
+        return path / "train.rec"
+    recs = sorted(path.glob("*.rec"))
+    if len(recs) != 1:
+        raise UsageError(f"{path}: expected one .rec file, found {len(recs)}")
+    return recs[0]
+
+
+def _identity_names(folder: Path) -> dict[int, str]:
+    path = folder / "labels.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {int(row["label"]): row["identity"] for row in csv.DictReader(fh)}
+
+
+def _record_paths(folder: Path) -> dict[int, tuple[str, str]]:
+    path = folder / "records.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {int(row["key"]): (row["identity"], row["path"]) for row in csv.DictReader(fh)}
+
+
+def _safe_component(name: str) -> str:
+    cleaned = re.sub(r"[\\/\x00]", "_", name).strip()
+    return cleaned if cleaned not in ("", ".", "..") else "_"
+
+
+def _inner_path(identity: str, rel: str) -> PurePosixPath | None:
+    """The part of ``rel`` below its identity folder, when ``rel`` is a safe relative path starting there."""
+    parts = PurePosixPath(rel).parts
+    if len(parts) < 2 or parts[0] != identity or any(p in ("..", ".", "") for p in parts) or rel.startswith("/"):
+        return None
+    return PurePosixPath(*parts[1:])
+
+
+@dataclass
+class UnpackResult:
+    out: Path
+    images: int = 0
+    identities: int = 0
+    layout: str = ""
+    bad: list[str] = field(default_factory=list)
+
+
+def unpack_records(rec: Path, out: Path, advance: Callable[[int], None] = lambda n: None) -> UnpackResult:
+    """Write every image record of ``rec`` to ``out/<identity>/...``; damaged records are listed and skipped."""
+    rec = find_record_file(rec)
+    reader = RecordReader(rec)
+    image_keys, labels = read_ms1m_layout(reader)
+    layout = "ms1m" if 0 in reader and image_keys and image_keys[0] == 1 and len(image_keys) < len(reader) else "flat"
+    names = _identity_names(rec.parent)
+    recorded = _record_paths(rec.parent)
+    width = max(6, len(str(max(image_keys, default=0))))
+    result = UnpackResult(out=Path(out), layout=layout)
+    seen: set[int] = set()
+    for key, label in zip(image_keys, labels.tolist()):
+        advance(1)
+        try:
+            header, payload = unpack(reader.read(key))
+        except (CorruptFileError, ValueError) as exc:
+            result.bad.append(f"key {key}: {exc}")
+            continue
+        label = int(first_label(header.label))
+        identity = _safe_component(names.get(label, f"{label:06d}"))
+        try:
+            ext = _EXTENSIONS.get(probe(payload).format, ".img")
+        except ImageReadError:
+            ext = ".img"
+        inner = None
+        if key in recorded and recorded[key][0] == names.get(label):
+            inner = _inner_path(names[label], recorded[key][1])
+        if inner is None:
+            inner = PurePosixPath(f"{key:0{width}d}{ext}")
+        elif inner.suffix.lower() not in (ext, ".jpeg" if ext == ".jpg" else ext):
+            inner = inner.with_suffix(ext)
+        atomic_write_bytes(Path(out) / identity / Path(*inner.parts), payload)
+        result.images += 1
+        seen.add(label)
+    result.identities = len(seen)
+    reader.close()
+    return result

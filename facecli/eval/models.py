@@ -1,0 +1,446 @@
+"""Face-embedding models behind one interface: ONNX files (facecli exports, insightface-style models, others) on
+onnxruntime and facecli checkpoints / run directories on torch.
+
+Every model carries its preprocessing, because a wrong colour order or normalisation costs accuracy silently:
+
+1. ``--mean/--std/--bgr`` given by the user win;
+2. else the model's own metadata: a facecli checkpoint's ``info`` or a facecli ONNX export's ``facecli.color``,
+   ``facecli.mean``, ``facecli.std`` metadata_props (0–255 pixel units);
+3. else insightface's rule for recognition ONNX models (``ArcFaceONNX``): if one of the graph's first 8 nodes is
+   named ``Sub*``/``_minus*`` and one ``Mul*``/``_mul*``, the graph normalises itself (mean 0, std 1); otherwise
+   mean 127.5, std 127.5. Channel order RGB (insightface feeds ``blobFromImages(..., swapRB=True)``).
+
+The input to the network is always ``(pixel - mean) / std`` per channel, NCHW float32. ``mean``/``std`` are
+given per colour in R, G, B order whatever order the network takes its channels in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from facecli.errors import CorruptFileError, UsageError
+from facecli.registry import Registry
+
+INSIGHTFACE_MEAN = 127.5
+INSIGHTFACE_STD = 127.5
+SELF_NORMALISING_PREFIXES = (("Sub", "_minus"), ("Mul", "_mul"))
+
+MODEL_FORMATS: Registry = Registry("model format")
+
+
+def parse_channels(value: str | float | Sequence[float] | None, what: str) -> tuple[float, float, float] | None:
+    """``"127.5"`` or ``"123.7,116.3,103.5"`` (or numbers) as three per-channel values; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            parts = [float(p) for p in value.replace(" ", "").split(",") if p]
+        except ValueError:
+            raise UsageError(f"{what} must be one number or three comma-separated numbers, got {value!r}") from None
+    elif isinstance(value, (int, float)):
+        parts = [float(value)]
+    else:
+        parts = [float(v) for v in value]
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3:
+        raise UsageError(f"{what} needs one value or one per channel (3), got {len(parts)}")
+    if what == "std" and any(p == 0 for p in parts):
+        raise UsageError("std must not be zero")
+    return (parts[0], parts[1], parts[2])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class EmbeddingModel(ABC):
+    """A network that maps aligned RGB uint8 faces to raw (unnormalised) float32 embeddings."""
+
+    kind: str = ""
+
+    def __init__(
+        self,
+        source: Path,
+        weights_file: Path,
+        input_size: int,
+        embedding_size: int,
+        color: str,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        preprocessing_from: str,
+        batch_size: int,
+        architecture: str | None = None,
+    ) -> None:
+        self.source = source
+        self.weights_file = weights_file
+        self.input_size = int(input_size)
+        self.embedding_size = int(embedding_size)
+        self.color = color.upper()
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.preprocessing_from = preprocessing_from
+        self.batch_size = max(1, int(batch_size))
+        self.architecture = architecture
+        self._fingerprint: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def fingerprint(self) -> str:
+        """Short sha256 over the weights file and the preprocessing: names feature caches and reports."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(file_sha256(self.weights_file).encode())
+            digest.update(f"|{self.color}|{self.mean}|{self.std}|{self.input_size}".encode())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": str(self.source),
+            "kind": self.kind,
+            "architecture": self.architecture,
+            "input_size": self.input_size,
+            "embedding_size": self.embedding_size,
+            "color": self.color,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "preprocessing_from": self.preprocessing_from,
+            "fingerprint": self.fingerprint,
+        }
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """RGB uint8 (N, H, W, 3) to the network input: channel order, ``(x - mean) / std``, NCHW float32."""
+        images = self._check_images(images)
+        channels = (2, 1, 0) if self.color == "BGR" else (0, 1, 2)
+        n, h, w, _ = images.shape
+        blob = np.empty((n, 3, h, w), dtype=np.float32)
+        for out_c, in_c in enumerate(channels):  # mean/std are per colour, in R, G, B order
+            np.subtract(images[..., in_c], np.float32(self.mean[in_c]), out=blob[:, out_c], dtype=np.float32)
+            blob[:, out_c] /= np.float32(self.std[in_c])
+        return blob
+
+    def _check_images(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise UsageError(f"expected images of shape (N, H, W, 3), got {images.shape}")
+        if images.shape[1:3] != (self.input_size, self.input_size):
+            import cv2
+
+            size = (self.input_size, self.input_size)
+            images = np.stack([cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images])
+        return images
+
+    def embed_batch(self, images: np.ndarray) -> np.ndarray:
+        """Raw float32 embeddings (N, D) of RGB uint8 faces (N, 112, 112, 3), in batches of ``batch_size``."""
+        images = np.asarray(images)
+        if len(images) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        outputs = [
+            self.forward(self.preprocess(images[start : start + self.batch_size]))
+            for start in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(outputs).astype(np.float32, copy=False)
+
+    @abstractmethod
+    def forward(self, blob: np.ndarray) -> np.ndarray:
+        """Network output for a preprocessed NCHW float32 batch of any size."""
+
+
+def insightface_normalisation(graph_nodes: Sequence[Any]) -> tuple[float, float]:
+    """insightface's ArcFaceONNX rule: (0, 1) if the first 8 nodes include Sub and Mul by name, else 127.5."""
+    names = [node.name for node in graph_nodes[:8]]
+    found = [any(n.startswith(prefixes) for n in names) for prefixes in SELF_NORMALISING_PREFIXES]
+    if all(found):
+        return 0.0, 1.0
+    return INSIGHTFACE_MEAN, INSIGHTFACE_STD
+
+
+def _onnx_providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = {
+        "cpu": ["CPUExecutionProvider"],
+        "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    }
+    device = device.split(":")[0].lower()
+    if device not in wanted:
+        raise UsageError(f"unknown device {device!r}; choose cpu, cuda or tensorrt")
+    if wanted[device][0] not in available:
+        raise UsageError(f"onnxruntime here has no {wanted[device][0]} (available: {', '.join(available)})")
+    return [p for p in wanted[device] if p in available]
+
+
+class OnnxEmbeddingModel(EmbeddingModel):
+    """An ONNX recognition model on onnxruntime; a fixed batch dimension is honoured by padding the last batch."""
+
+    kind = "onnx"
+
+    def __init__(
+        self, path: Path, session: Any, fixed_batch: int | None, declared_batch: int | str | None = None, **kwargs: Any
+    ) -> None:
+        self.session = session
+        self.fixed_batch = fixed_batch  # None: any batch size runs in one call
+        self.declared_batch = declared_batch  # the batch dimension the file declares
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        super().__init__(source=path, weights_file=path, **kwargs)
+
+    def forward(self, blob: np.ndarray) -> np.ndarray:
+        if self.fixed_batch is None:
+            return self.session.run([self.output_name], {self.input_name: blob})[0].reshape(len(blob), -1)
+        outputs = []
+        size = self.fixed_batch
+        for start in range(0, len(blob), size):
+            part = blob[start : start + size]
+            count = len(part)
+            if count < size:  # pad with copies of the last face; the extra outputs are dropped
+                part = np.concatenate([part, np.repeat(part[-1:], size - count, axis=0)])
+            out = self.session.run([self.output_name], {self.input_name: part})[0].reshape(size, -1)
+            outputs.append(out[:count])
+        return np.concatenate(outputs)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "declared_batch": self.declared_batch,
+            "fixed_batch": self.fixed_batch,
+            "providers": self.session.get_providers(),
+        }
+
+
+@MODEL_FORMATS.register("onnx")
+def load_onnx(
+    path: Path,
+    mean: tuple[float, float, float] | None,
+    std: tuple[float, float, float] | None,
+    bgr: bool | None,
+    device: str,
+    batch_size: int,
+) -> OnnxEmbeddingModel:
+    """An ONNX model with its preprocessing decided as the module docstring says."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise CorruptFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    found_from = "insightface rule"
+    if "facecli.mean" in meta and "facecli.std" in meta:
+        meta_mean = parse_channels(meta["facecli.mean"], "mean")
+        meta_std = parse_channels(meta["facecli.std"], "std")
+        color = meta.get("facecli.color", "RGB")
+        found_from = "facecli metadata"
+    else:
+        rule_mean, rule_std = insightface_normalisation(proto.graph.node)
+        meta_mean, meta_std, color = (rule_mean,) * 3, (rule_std,) * 3, "RGB"
+        if rule_mean == 0.0:
+            found_from = "insightface rule (graph normalises itself)"
+    if mean is not None or std is not None or bgr is not None:
+        found_from = "user options"
+    providers = _onnx_providers(device)
+    session = _session(path, proto.SerializeToString(), providers)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    shape = inputs[0].shape
+    if len(inputs) != 1 or len(shape) != 4 or shape[1] != 3:
+        raise UsageError(f"{path}: expected one NCHW image input with 3 channels, found {shape}")
+    if not isinstance(shape[2], int) or shape[2] != shape[3]:
+        raise UsageError(f"{path}: expected a square input of fixed size, found {shape}")
+    fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    declared_batch = shape[0]
+    if fixed_batch is not None:
+        dynamic = _dynamic_batch_session(path, proto, fixed_batch, session, providers)
+        if dynamic is not None:
+            session, fixed_batch = dynamic, None
+    out_shape = outputs[0].shape
+    embedding_size = int(meta.get("facecli.embedding_size", out_shape[-1] if isinstance(out_shape[-1], int) else 0))
+    if embedding_size <= 0:  # unknown statically: ask the model
+        probe = np.zeros((fixed_batch or 1, 3, shape[2], shape[3]), dtype=np.float32)
+        embedding_size = int(session.run(None, {inputs[0].name: probe})[0].reshape(fixed_batch or 1, -1).shape[1])
+    return OnnxEmbeddingModel(
+        path,
+        session,
+        fixed_batch,
+        declared_batch,
+        input_size=shape[2],
+        embedding_size=embedding_size,
+        color="BGR" if bgr else (("RGB" if bgr is False else color)),
+        mean=mean or meta_mean,
+        std=std or meta_std,
+        preprocessing_from=found_from,
+        batch_size=batch_size,
+        architecture=meta.get("facecli.architecture"),
+    )
+
+
+def _session(path: Path, model_bytes: bytes, providers: list[str]) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model_bytes, options, providers=providers)
+    except Exception as exc:
+        raise CorruptFileError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+
+
+def _dynamic_batch_session(path: Path, proto: Any, fixed: int, session: Any, providers: list[str]) -> Any | None:
+    """A session of the same graph with a free batch dimension, or None when the graph does not allow it.
+
+    Exports with batch size 1 usually hard-code it only in the input/output shapes and in ``Reshape`` targets
+    such as ``[1, -1]``; turning those into a symbolic dimension and ``[0, -1]`` (keep the batch) lets one call
+    embed a whole batch. The rewrite is kept only if it gives the fixed graph's outputs on a test batch.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    variant = onnx.ModelProto()
+    variant.CopyFrom(proto)
+    graph = variant.graph
+    initializers = {t.name: t for t in graph.initializer}
+    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.attribute}
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        target = node.input[1]
+        tensor = initializers.get(target)
+        if tensor is None and target in constants:
+            tensor = constants[target].attribute[0].t
+        if tensor is None:
+            continue
+        shape = numpy_helper.to_array(tensor).copy()
+        if shape.ndim == 1 and len(shape) and shape[0] == fixed:
+            shape[0] = 0  # 0 = copy the input's batch dimension
+            tensor.CopyFrom(numpy_helper.from_array(shape, tensor.name))
+    for value in list(graph.input[:1]) + list(graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = "batch"
+    del graph.value_info[:]
+    try:
+        dynamic = _session(path, variant.SerializeToString(), providers)
+        size = int(session.get_inputs()[0].shape[2])
+        probe = np.random.default_rng(0).standard_normal((fixed * 3, 3, size, size)).astype(np.float32)
+        name = session.get_inputs()[0].name
+        expected = np.concatenate(
+            [session.run(None, {name: probe[i : i + fixed]})[0] for i in range(0, len(probe), fixed)]
+        )
+        got = dynamic.run(None, {name: probe})[0]
+    except Exception:  # noqa: BLE001 - any failure means: keep the fixed-batch graph
+        return None
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        return None
+    return dynamic
+
+
+class TorchEmbeddingModel(EmbeddingModel):
+    """A facecli checkpoint or run directory (or an arcface_torch state dict) on torch."""
+
+    kind = "checkpoint"
+
+    def __init__(self, module: Any, device: str, **kwargs: Any) -> None:
+        self.module = module
+        self.device = device
+        super().__init__(**kwargs)
+
+    def forward(self, blob: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(blob).to(self.device))
+        return out.float().cpu().numpy().reshape(len(blob), -1)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device": self.device}
+
+
+@MODEL_FORMATS.register("checkpoint")
+def load_checkpoint(
+    path: Path,
+    mean: tuple[float, float, float] | None,
+    std: tuple[float, float, float] | None,
+    bgr: bool | None,
+    device: str,
+    batch_size: int,
+) -> TorchEmbeddingModel:
+    """A facecli run directory / checkpoint through ``facecli.nn.inference.load_backbone``."""
+    import torch
+
+    from facecli.nn.inference import load_backbone, resolve_model_file
+
+    module, info = load_backbone(path)
+    device = device.lower()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA device here")
+    module = module.to(device)
+    size = info.get("input_size", (112, 112))
+    return TorchEmbeddingModel(
+        module,
+        device,
+        source=path,
+        weights_file=resolve_model_file(path),
+        input_size=int(size[0] if isinstance(size, (list, tuple)) else size),
+        embedding_size=int(info["embedding_size"]),
+        color="BGR" if bgr else ("RGB" if bgr is False else info.get("color", "RGB")),
+        mean=mean or tuple(info.get("mean", (INSIGHTFACE_MEAN,) * 3)),
+        std=std or tuple(info.get("std", (INSIGHTFACE_STD,) * 3)),
+        preprocessing_from="user options" if (mean or std or bgr is not None) else "checkpoint info",
+        batch_size=batch_size,
+        architecture=info.get("architecture"),
+    )
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def model_format(path: Path) -> str:
+    """Which loader reads ``path``: ``onnx`` by suffix, ``checkpoint`` for torch files and run directories."""
+    if path.is_dir() or path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return "checkpoint"
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    raise UsageError(f"{path}: unknown model format; expected a .onnx file, a .pt/.pth checkpoint or a run directory")
+
+
+def load_model(
+    spec: str | os.PathLike,
+    mean: str | float | Sequence[float] | None = None,
+    std: str | float | Sequence[float] | None = None,
+    bgr: bool | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> EmbeddingModel:
+    """Load an embedding model from a path (ONNX, checkpoint or run directory) with its preprocessing.
+
+    ``mean``/``std`` (0–255 pixel units, one value or three) and ``bgr`` override what the model says.
+    """
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UsageError(f"model not found: {path}")
+    return MODEL_FORMATS.build(
+        model_format(path),
+        path=path,
+        mean=parse_channels(mean, "mean"),
+        std=parse_channels(std, "std"),
+        bgr=bgr,
+        device=device,
+        batch_size=batch_size,
+    )

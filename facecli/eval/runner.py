@@ -1,0 +1,325 @@
+"""One evaluation run: which benchmarks the user named, where their files are, and model × benchmark → result.
+
+Benchmarks are named (``lfw``, ``cfp-fp`` ... found as ``NAME.bin`` under ``--data-root`` or ``$FACECLI_DATA``;
+``ijbb``/``ijbc`` as the official folder layout there), given as a path to a ``.bin``, or built from an LFW pairs
+file and a photo folder. The CLI only parses options and renders what these functions return.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from facecli.errors import CorruptFileError, UsageError
+from facecli.eval import ijb
+from facecli.eval.embed import FeatureCache, dataset_key, embed_stream, split_flip
+from facecli.eval.models import EmbeddingModel
+from facecli.eval.verification import VerificationResult, verify
+
+VERIFICATION_BENCHMARKS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
+DATA_ENV = "FACECLI_DATA"
+
+@dataclass
+class Benchmark:
+    """A resolved benchmark: ``kind`` is ``bin``, ``pairs`` or ``ijb``."""
+
+    name: str
+    kind: str
+    path: Path  # the .bin, the pairs file, or the IJB data root
+    images: Path | None = None  # photo folder for ``pairs``
+    align: bool = False
+
+
+def data_root_or_env(data_root: str | Path | None) -> Path | None:
+    if data_root:
+        return Path(data_root)
+    env = os.environ.get(DATA_ENV)
+    return Path(env) if env else None
+
+
+def resolve_benchmarks(names: Sequence[str], data_root: str | Path | None) -> list[Benchmark]:
+    """Turn ``--bench`` entries (comma lists allowed) into benchmarks whose files exist."""
+    root = data_root_or_env(data_root)
+    resolved: list[Benchmark] = []
+    for entry in (n.strip() for raw in names for n in raw.split(",")):
+        if not entry:
+            continue
+        key = entry.lower().replace("-", "_")
+        if key in ("ijbb", "ijbc", "ijb_b", "ijb_c"):
+            if root is None:
+                raise UsageError(f"--bench {entry} needs --data-root (or ${DATA_ENV}) holding the IJB meta/ folder")
+            target = key.replace("_", "")
+            ijb.find_meta_dir(root, target)  # fails early with a clear message
+            resolved.append(Benchmark(target, "ijb", root))
+        elif key in VERIFICATION_BENCHMARKS:
+            if root is None:
+                raise UsageError(f"--bench {entry}: say where {key}.bin is with --data-root or ${DATA_ENV}")
+            path = root / f"{key}.bin"
+            if not path.is_file():
+                raise UsageError(f"benchmark file not found: {path}")
+            resolved.append(Benchmark(key, "bin", path))
+        elif entry.endswith(".bin") or Path(entry).is_file():
+            path = Path(entry)
+            if not path.is_file():
+                raise UsageError(f"benchmark file not found: {path}")
+            resolved.append(Benchmark(path.stem, "bin", path))
+        else:
+            known = ", ".join(VERIFICATION_BENCHMARKS + ("ijbb", "ijbc"))
+            raise UsageError(f"unknown benchmark {entry!r}: use one of {known}, or a path to a .bin file")
+    return resolved
+
+
+def _file_identity(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def fit_to_input(image: np.ndarray, size: int) -> np.ndarray:
+    """A face crop at the model's input size: unchanged if it already is, else short side resized and centre-cut
+    (what insightface's ``load_bin`` does with ``resize_short`` for benchmark images of another size)."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    import cv2
+
+    scale = size / min(h, w)
+    resized = cv2.resize(image, (max(size, round(w * scale)), max(size, round(h * scale))), interpolation=cv2.INTER_CUBIC)
+    top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
+    return np.ascontiguousarray(resized[top : top + size, left : left + size])
+
+
+@dataclass
+class VerificationRun:
+    """A model's result on one verification benchmark, with what error analysis needs to show the faces."""
+
+    benchmark: Benchmark
+    result: VerificationResult
+    flip: str
+    image_labels: list[str]  # per image row (pair i = rows 2i, 2i+1): file path or ".bin index"
+    load_face: Callable[[int], np.ndarray]  # image row -> the aligned face the model saw
+    no_face: list[str] = field(default_factory=list)  # photos where --align found no face (centre crop used)
+    resized: int = 0  # photos of another size than the model input, used without alignment
+
+
+def _verify_rows(rows: np.ndarray, issame: np.ndarray, flip: str, nfolds: int, bootstrap: int) -> VerificationResult:
+    emb, emb_flip = split_flip(rows, flip != "none")
+    if flip == "concat":
+        return verify(np.concatenate([emb, emb_flip], axis=1), issame, nfolds=nfolds, bootstrap=bootstrap)
+    return verify(emb, issame, emb_flip, nfolds=nfolds, bootstrap=bootstrap)
+
+
+def load_benchmark_bin(bench: Benchmark) -> tuple[list[bytes], np.ndarray]:
+    """The encoded images and labels of a ``.bin`` benchmark, read with the safe unpickler."""
+    from facecli.data.benchmarks import load_bin
+
+    return load_bin(bench.path)
+
+
+def evaluate_bin(
+    model: EmbeddingModel,
+    bench: Benchmark,
+    data: tuple[list[bytes], np.ndarray] | None = None,
+    flip: str = "sum",
+    nfolds: int = 10,
+    workers: int = 4,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
+    bootstrap: int = 0,
+) -> VerificationRun:
+    """Embed every image of a ``.bin`` (and its mirror) and run the 10-fold protocol (``data``: already loaded)."""
+    from facecli.imageio import ImageReadError, decode_image
+
+    bins, issame = data if data is not None else load_benchmark_bin(bench)
+
+    def load(i: int) -> np.ndarray:
+        try:
+            return fit_to_input(decode_image(bins[i]), model.input_size)
+        except ImageReadError as exc:
+            raise CorruptFileError(f"{bench.path}: image {i} cannot be used ({exc.reason})") from None
+
+    cache = (
+        FeatureCache(cache_dir, model.fingerprint, dataset_key(_file_identity(bench.path), str(flip != "none")), len(bins))
+        if cache_dir
+        else None
+    )
+    rows = embed_stream(model, len(bins), load, flip=flip != "none", workers=workers, progress=progress, cache=cache)
+    result = _verify_rows(rows, issame, flip, nfolds, bootstrap)
+    labels = [f"{bench.path.name}#{i}" for i in range(len(bins))]
+    return VerificationRun(bench, result, flip, labels, load)
+
+
+def evaluate_pairs(
+    model: EmbeddingModel,
+    pairs_file: str | Path,
+    images: str | Path,
+    align: bool = False,
+    flip: str = "sum",
+    nfolds: int | None = None,
+    workers: int = 4,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
+    bootstrap: int = 0,
+) -> VerificationRun:
+    """Verification on photos listed in an LFW-style pairs file; ``align`` runs facecli align (centre face)."""
+    from facecli.eval.pairs import read_pairs
+    from facecli.imageio import ImageReadError, read_image
+
+    pairs = read_pairs(pairs_file, images)
+    unique = pairs.unique_paths
+    index_of = {p: i for i, p in enumerate(unique)}
+    no_face: dict[int, str] = {}
+    resized: set[int] = set()  # photos that were not crops of the model's input size (no --align)
+    aligner = _aligner() if align else None
+
+    def load(i: int) -> np.ndarray:
+        try:
+            image = read_image(unique[i])
+        except ImageReadError as exc:
+            raise CorruptFileError(f"{unique[i]}: {exc.reason}") from None
+        if aligner is None:
+            if image.shape[:2] != (model.input_size, model.input_size):
+                resized.add(i)
+            return fit_to_input(image, model.input_size)
+        crop = aligner(image, model.input_size)
+        if crop is None:  # the protocol scores every pair: fall back to the centre of the photo, and say so
+            no_face[i] = str(unique[i])
+            return centre_crop(image, model.input_size)
+        return crop
+
+    key_parts = [str(pairs_file), str(align), str(flip != "none")] + [_file_identity(p) for p in unique]
+    cache = FeatureCache(cache_dir, model.fingerprint, dataset_key(*key_parts), len(unique)) if cache_dir else None
+    rows = embed_stream(model, len(unique), load, flip=flip != "none", workers=workers, progress=progress, cache=cache)
+    order = np.array([index_of[p] for p in pairs.paths])
+    bench = Benchmark(Path(pairs_file).stem, "pairs", Path(pairs_file), Path(images), align)
+    result = _verify_rows(rows[order], pairs.issame, flip, nfolds or pairs.nfolds, bootstrap)
+    return VerificationRun(
+        bench,
+        result,
+        flip,
+        [str(p) for p in pairs.paths],
+        lambda row: load(int(order[row])),
+        [no_face[i] for i in sorted(no_face)],
+        len(resized),
+    )
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central square of a photo at ``size``: the stand-in face for a photo where no face was found."""
+    h, w = image.shape[:2]
+    side = min(h, w) // 2 if min(h, w) >= 2 * size else min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return fit_to_input(image[top : top + side, left : left + side], size)
+
+
+def _aligner() -> Callable[[np.ndarray, int], np.ndarray | None]:
+    """facecli align's face selection + ArcFace crop, selecting the face nearest the image centre."""
+    try:
+        from facecli.align import align_image
+    except ImportError:
+        raise UsageError("--align needs facecli.align.align_image, which this installation lacks") from None
+
+    lock = threading.Lock()  # one shared detector: its networks are not safe to run from several threads
+
+    def run(image: np.ndarray, size: int) -> np.ndarray | None:
+        with lock:
+            crop, _face = align_image(image, select="center", size=size)
+        return crop
+
+    return run
+
+
+def evaluate_embeddings(
+    embeddings: str | Path,
+    issame: str | Path,
+    embeddings_flip: str | Path | None = None,
+    nfolds: int = 10,
+    bootstrap: int = 0,
+) -> VerificationResult:
+    """Verification of precomputed embeddings (``.npy``, pairs = rows 2i, 2i+1)."""
+    emb = load_npy(embeddings, "embeddings")
+    flags = load_npy(issame, "issame")
+    flip = load_npy(embeddings_flip, "flip embeddings") if embeddings_flip else None
+    return verify(emb, flags.astype(bool).ravel(), flip, nfolds=nfolds, bootstrap=bootstrap)
+
+
+def load_npy(path: str | Path, what: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CorruptFileError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+@dataclass
+class IJBRun:
+    benchmark: Benchmark
+    verification: ijb.IJBVerificationResult
+    identification: ijb.IJBIdentificationResult | None
+
+
+def ijb_image_features(
+    model: EmbeddingModel,
+    protocol: ijb.IJBProtocol,
+    workers: int = 4,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """``[embedding | flipped embedding]`` of every loose crop, aligned with the protocol's 5 landmarks."""
+    from facecli.align.transform import align
+    from facecli.imageio import ImageReadError, read_image
+
+    ijb.read_landmarks(protocol)
+    assert protocol.image_names is not None and protocol.landmarks is not None
+    crops = protocol.meta_dir.parent / "loose_crop"
+    if not crops.is_dir():
+        raise UsageError(f"no loose_crop/ folder beside {protocol.meta_dir} (needed to embed IJB images)")
+
+    def load(i: int) -> np.ndarray:
+        path = crops / protocol.image_names[i]
+        try:
+            image = read_image(path)
+        except ImageReadError as exc:
+            raise CorruptFileError(f"{path}: {exc.reason}") from None
+        return align(image, protocol.landmarks[i], model.input_size)
+
+    meta_file = protocol.meta_dir / f"{protocol.target}_name_5pts_score.txt"
+    cache = (
+        FeatureCache(cache_dir, model.fingerprint, dataset_key(_file_identity(meta_file)), protocol.n_images)
+        if cache_dir
+        else None
+    )
+    return embed_stream(model, protocol.n_images, load, flip=True, workers=workers, progress=progress, cache=cache)
+
+
+def evaluate_ijb(
+    protocol: ijb.IJBProtocol,
+    img_feats: np.ndarray,
+    faceness: np.ndarray | None,
+    flags: ijb.IJBFlags,
+    mode: str = "open",
+    progress: Callable[[int], None] | None = None,
+) -> IJBRun:
+    """1:1 (and 1:N when the gallery/probe files exist) from per-image ``[emb | flipped emb]`` features."""
+    if img_feats.shape[0] != protocol.n_images:
+        raise UsageError(
+            f"{img_feats.shape[0]} image features but {protocol.target}_face_tid_mid.txt lists {protocol.n_images} images"
+        )
+    if faceness is None and flags.detector_score:
+        faceness = ijb.read_faceness(protocol)
+    if faceness is not None and len(faceness) != protocol.n_images:
+        raise UsageError(f"{len(faceness)} faceness scores for {protocol.n_images} images")
+    feats = ijb.image_input_features(img_feats, faceness, flags)
+    template_feats, unique_templates = ijb.pool_templates(feats, protocol.templates, protocol.medias)
+    verification = ijb.verify_templates(protocol, template_feats, unique_templates, flags, progress=progress)
+    identification = (
+        ijb.identify(protocol, template_feats, unique_templates, flags, mode) if protocol.has_identification() else None
+    )
+    bench = Benchmark(protocol.target, "ijb", protocol.meta_dir.parent)
+    return IJBRun(bench, verification, identification)

@@ -1,0 +1,1 @@
+"""Training: configuration, the trainer with its callbacks, checkpoints, and ONNX export."""

