@@ -36,6 +36,17 @@ def insightface_t1() -> Path:
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is far faster than two on a busy CI machine (use with usefixtures)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class CliResult:
     def __init__(self, proc: subprocess.CompletedProcess) -> None:
         self.returncode = proc.returncode

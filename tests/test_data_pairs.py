@@ -125,3 +125,50 @@ def test_cli_pairs_txt_and_make_pairs(lfw, tmp_path, run_cli):
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "made.pairs.csv").read_text(encoding="utf-8").startswith("path1,path2,same,fold\n")
     assert np.count_nonzero(load_bin(tmp_path / "made.bin")[1]) == 50
+
+
+def _shifted(rgb: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    import cv2
+
+    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(rgb, matrix, (rgb.shape[1], rgb.shape[0]), borderMode=cv2.BORDER_REPLICATE)
+
+
+def test_alignment_check_passes_facecli_crops_and_flags_unaligned_ones(lfw, tmp_path, run_cli):
+    """facecli's own aligned crops must pass; the raw photos resized to 112 and off-centre crops must not."""
+    import cv2
+
+    from facecli.imageio import encode_image, read_image
+
+    aligned = tmp_path / "aligned"
+    res = run_cli("align", lfw, aligned, "--select", "center", "--workers", "2", "--quiet")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("pack", "pairs", aligned, tmp_path / "x.bin", "--make-pairs", "60", "--json")
+    assert res.returncode == 0, res.stderr
+    assert "do not look like" not in res.stderr
+
+    crops = sorted(aligned.rglob("*.jpg"))
+    assert len(crops) > 200
+    report = build_bin([Pair(a, b, a.parent == b.parent) for a, b in zip(crops[0::2], crops[1::2])],
+                       tmp_path / "all.bin")
+    assert report.unaligned == []  # every crop facecli aligned passes
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    raw_files, off_files = [], []
+    photos = sorted(lfw.rglob("*.jpg"))
+    for i in range(8):
+        raw = cv2.resize(read_image(photos[i * 25]), (112, 112), interpolation=cv2.INTER_AREA)
+        raw_files.append(bad / f"raw_{i}.png")
+        raw_files[-1].write_bytes(encode_image(raw, "png"))
+        off = _shifted(read_image(crops[i * 25 + 7]), 24 if i % 2 else -24, 16)
+        off_files.append(bad / f"off_{i}.png")
+        off_files[-1].write_bytes(encode_image(off, "png"))
+    good = crops[:64]
+    files = good + raw_files + off_files
+    report = build_bin([Pair(a, b, False) for a, b in zip(files[0::2], files[1::2])], tmp_path / "mixed.bin")
+    flagged = {Path(p) for p in report.unaligned}
+    assert not flagged & set(good)
+    assert set(off_files) <= flagged
+    assert len(flagged & set(raw_files)) >= 7
+    assert any("do not look like the other aligned faces" in w for w in report.warnings)

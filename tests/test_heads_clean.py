@@ -13,13 +13,7 @@ from facecli.errors import UsageError
 from facecli.train.clean import find_noisy, suspicious_csv, write_suspicious_csv
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is far faster than two on a busy CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rotate_towards(base: np.ndarray, other: np.ndarray, degrees: float) -> np.ndarray:

@@ -14,13 +14,7 @@ from facecli.errors import UsageError
 from facecli.nn.heads import build_head
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is far faster than two on a busy CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:

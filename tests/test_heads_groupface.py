@@ -13,12 +13,7 @@ from facecli.nn.groupface import GroupFace, self_distributed_labels
 from facecli.nn.heads import build_head
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Features(nn.Module):

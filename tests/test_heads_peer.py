@@ -19,12 +19,7 @@ from facecli.train.clean import find_noisy
 pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def problem(seed=0, classes=6, k=3, dim=16, batch=24):

@@ -17,13 +17,7 @@ from facecli.nn.heads import HEADS, build_head
 from facecli.nn.heads.magface import magface_lambda_lower_bound
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is far faster than two on a busy CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 C = 9
 ADAPTIVE = {

@@ -165,3 +165,21 @@ def test_combined_interclass_filtering_zeroes_dirty_negatives_only():
     mask[torch.arange(6), labels[:6]] = False
     expect[mask] = 0.0
     torch.testing.assert_close(out, expect)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_exact_unit_cosines_give_finite_logits_and_gradients(case):
+    """cosine_matrix clamps to exactly ±1; acos/sqrt there must not turn the gradient into inf/NaN."""
+    head, ref, s = head_for(case)
+    head.eval()
+    cosine, labels = make_batch(4, edge=False)
+    cosine[0::2, :] = 1.0
+    cosine[1::2, :] = -1.0
+    x = cosine.clone().requires_grad_(True)
+    logits = head(x, labels)
+    assert torch.isfinite(logits).all()
+    F.cross_entropy(logits[:6], labels[:6]).backward()
+    assert torch.isfinite(x.grad).all()
+    # the clamp just inside [-1, 1] moves θ by at most ~5e-4 rad (float32 acos next to 1): values barely change
+    want = naive_logits(cosine.double(), labels, s, ref).float()
+    torch.testing.assert_close(logits / s, want / s, rtol=0, atol=1e-3)

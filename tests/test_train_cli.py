@@ -99,3 +99,12 @@ def test_train_and_resume_from_the_command_line(shared_dir, tmp_path, run_cli):
     assert again.json()["steps"] == 3
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["2", "3"]  # logged at the end of each invocation
+
+
+def test_center_loss_as_the_main_head_is_a_usage_error(shared_dir, tmp_path, run_cli):
+    """Center loss alone collapses every embedding onto one point: it is only accepted as head.aux."""
+    res = run_cli("train", shared_dir / "data" / "lfw-sample", "--out", tmp_path / "r", "--head", "center",
+                  "--steps", "1")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "center is an auxiliary loss: add it to a margin head with head.aux=center" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -38,7 +38,8 @@ def test_export_cli_insightface_and_facecli_agree_with_pytorch(trained_run, tmp_
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 112, 112]  # dynamic batch
     assert read_metadata(onnx_path) == {
         "facecli.color": "RGB", "facecli.mean": "127.5,127.5,127.5", "facecli.std": "127.5,127.5,127.5",
-        "facecli.embedding_size": "32", "facecli.architecture": "mobilefacenet", "facecli.input_size": "112,112"}
+        "facecli.embedding_size": "32", "facecli.architecture": "mobilefacenet", "facecli.input_size": "112,112",
+        "facecli.head": "arcface"}  # no facecli.quality: an ArcFace embedding norm is not a quality score
 
     model, info = load_backbone(run)
     bgr = [cv2.imread(str(p)) for p in sorted(faces.glob("*/*.jpg"))[:5]]
@@ -69,6 +70,7 @@ def test_load_backbone_accepts_run_checkpoint_and_bare_state_dict(trained_run, t
     assert info["color"] == "RGB" and info["mean"] == (127.5,) * 3 and info["std"] == (127.5,) * 3
     assert info["embedding_size"] == 32 and info["architecture"] == "mobilefacenet"
     assert info["input_size"] == (112, 112) and not model.training
+    assert info["head"] == "arcface" and info["quality"] is None
     x = torch.randn(2, 3, 112, 112)
     ckpt_model, _ = load_backbone(run / "checkpoint.pt")
     with torch.no_grad():
@@ -80,8 +82,29 @@ def test_load_backbone_accepts_run_checkpoint_and_bare_state_dict(trained_run, t
     torch.save({f"module.{k}": v for k, v in mbf.state_dict().items()}, tmp_path / "backbone.pth")
     loaded, info = load_backbone(tmp_path / "backbone.pth")
     assert (info["architecture"], info["embedding_size"]) == ("mobilefacenet", 128)
+    assert info["head"] is None and info["quality"] is None  # a foreign file does not say
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), mbf(x))
+
+
+@pytest.mark.parametrize("head", ["magface", "adaface"])
+def test_feature_norm_quality_is_recorded_for_magface_and_adaface(head, trained_run, tmp_path):
+    """Their raw embedding norm is a face-quality score: checkpoint, model.pt and ONNX say so."""
+    from facecli.train.export import export_onnx
+
+    _, faces = trained_run
+    Trainer(tiny_config(faces, tmp_path / "run", steps=1, head__name=head)).fit()
+    for source in (tmp_path / "run", tmp_path / "run" / "checkpoint.pt"):
+        _, info = load_backbone(source)
+        assert info["head"] == head and info["quality"] == "feature-norm"
+    export_onnx(tmp_path / "run", tmp_path / "m.onnx", check=False)
+    meta = read_metadata(tmp_path / "m.onnx")
+    assert meta["facecli.head"] == head and meta["facecli.quality"] == "feature-norm"
+    # facecli eval / gallery see it, so --quality-threshold does not warn for these models
+    from facecli.eval import load_model
+
+    assert load_model(str(tmp_path / "m.onnx")).describe()["quality"] == "feature-norm"
+    assert load_model(str(tmp_path / "run")).describe()["quality"] == "feature-norm"
 
 
 def test_loader_errors_are_one_line(tmp_path):

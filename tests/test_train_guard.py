@@ -115,6 +115,19 @@ def test_accumulation_adamw_and_bf16_autocast(faces, tmp_path):
     assert decays == {"backbone": 5e-4, "head": 0.0}
 
 
+def test_adaptiveface_margins_get_no_weight_decay(faces, tmp_path):
+    """Weight decay would pull the learnable margins towards 0 on top of the paper's loss: they get their own group."""
+    trainer = Trainer(tiny_config(faces, tmp_path / "run", steps=1, head__name="adaptiveface",
+                                  head__weight_decay=1e-3))
+    trainer.fit()
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    margins = trainer.model.head.margins
+    assert groups["head-no-decay"]["weight_decay"] == 0.0
+    assert [id(p) for p in groups["head-no-decay"]["params"]] == [id(margins)]
+    assert groups["head"]["weight_decay"] == 1e-3 and all(p is not margins for p in groups["head"]["params"])
+    assert trainer.optimizer.param_groups[-1]["name"] == "head"  # the logged LR stays the head's
+
+
 def test_embedding_loss_uses_pk_batches_and_center_loss_is_auxiliary(faces, tmp_path):
     """``--head triplet`` trains on P×K batches (no classifier); ``head.aux=center`` adds L_C to a margin head."""
     seen = []
@@ -137,9 +150,9 @@ def test_embedding_loss_uses_pk_batches_and_center_loss_is_auxiliary(faces, tmp_
     for batch in cb.plan.epoch(0)[:3]:
         labels = [int(trainer.dataset.labels[i]) for i, _ in batch]
         assert len(labels) == 8 and len(set(labels)) == 2 and all(labels.count(x) == 4 for x in set(labels))
-    centre = Trainer(tiny_config(faces, tmp_path / "center", steps=2, head__name="cosface", head__aux="center",
-                                 head__aux_weight=0.003))
+    centre = Trainer(tiny_config(faces, tmp_path / "center", steps=2, head__name="cosface", head__aux="center"))
     centre.fit()
+    assert centre.model.aux_weight == 0.003  # Wen et al.'s λ is the default weight
     assert centre.model.aux.centers.abs().sum() > 0  # the centres moved by their own update rule
     state = torch.load(tmp_path / "center" / "checkpoint.pt", weights_only=True)
     assert torch.equal(state["aux"]["centers"], centre.model.aux.centers.cpu())

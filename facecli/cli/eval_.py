@@ -132,6 +132,16 @@ def eval_command(
         int,
         typer.Option("--bootstrap", min=0, help="Bootstrap resamples for 95% intervals (0 = off)."),
     ] = 0,
+    quality_threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            "--quality-threshold",
+            help=(
+                "Face quality = norm of the raw embedding (MagFace/AdaFace). Pairs with an image below Q are "
+                "counted and left out of TAR@FAR/AUC/EER; the 10-fold accuracy stays on all pairs."
+            ),
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
@@ -173,9 +183,13 @@ def eval_command(
     entries: list[report.Entry] = []
     if embeddings is not None:
         assert issame is not None
-        result = runner.evaluate_embeddings(embeddings, issame, embeddings_flip, nfolds or 10, bootstrap)
+        result, quality = runner.evaluate_embeddings(
+            embeddings, issame, embeddings_flip, nfolds or 10, bootstrap, quality_threshold
+        )
         flip_used = "sum" if embeddings_flip else "none"
-        entries.append(report.Entry(embeddings.stem, issame.stem, verification=result, info={"flip": flip_used}))
+        info = {"flip": flip_used, "quality": quality.to_dict()}
+        entries.append(report.Entry(embeddings.stem, issame.stem, verification=result, info=info))
+        _report_quality(ui, f"{embeddings.stem} · {issame.stem}", quality)
 
     flags = ijb.IJBFlags(norm_score=norm_score, detector_score=detector_score, flip=flip_mode != "none")
     if features is not None:
@@ -193,12 +207,17 @@ def eval_command(
         models_info.append(m.describe())
         ui.detail(f"{spec}: {m.color}, mean {m.mean}, std {m.std} ({m.preprocessing_from}), {m.fingerprint}")
         label = _model_label(spec, model)
+        if quality_threshold is not None and not models_info[-1].get("quality"):
+            ui.warn(f"{label} has no facecli.quality metadata: its embedding norm may not encode face quality; "
+                    f"--quality-threshold {quality_threshold:g} is applied anyway")
         for b in benches:
             if b.kind == "bin":
                 data = loaded_bins[b.name]
                 with ui.progress(f"{label} · {b.name}", len(data[0])) as advance:
-                    run = runner.evaluate_bin(m, b, data, flip_mode, nfolds or 10, workers, cache, advance, bootstrap)
-                entries.append(report.Entry(label, b.name, verification=run.result, run=run))
+                    run = runner.evaluate_bin(
+                        m, b, data, flip_mode, nfolds or 10, workers, cache, advance, bootstrap, quality_threshold
+                    )
+                entries.append(_verification_entry(ui, label, run))
             elif b.kind == "ijb" and features is None:
                 protocol = ijb.read_protocol(b.path, b.name)
                 with ui.progress(f"{label} · {b.name} images", protocol.n_images) as advance:
@@ -208,9 +227,10 @@ def eval_command(
         if pairs is not None:
             with ui.progress(f"{label} · {pairs.name}", None) as advance:
                 run = runner.evaluate_pairs(
-                    m, pairs, images, align, flip_mode, nfolds, workers, cache, advance, bootstrap  # type: ignore[arg-type]
+                    m, pairs, images, align, flip_mode, nfolds, workers, cache, advance, bootstrap,  # type: ignore[arg-type]
+                    quality_threshold,
                 )
-            entries.append(report.Entry(label, run.benchmark.name, verification=run.result, run=run))
+            entries.append(_verification_entry(ui, label, run))
             if run.resized:
                 ui.warn(f"{run.resized} photo(s) are not {m.input_size}x{m.input_size} face crops and were resized; "
                         "pass --align for unaligned photos")
@@ -221,6 +241,27 @@ def eval_command(
         written = report.write_outputs(out, entries, models_info, worst)
         ui.info("wrote " + ", ".join(str(p) for p in written))
     ui.result(report.report_dict(entries, models_info), lambda console: report.render(console, entries))
+
+
+def _verification_entry(ui: UI, label: str, run):
+    """The report entry of a verification run, with its face-quality summary."""
+    from facecli.eval import report
+
+    info = {"quality": run.quality.to_dict()} if run.quality is not None else {}
+    if run.quality is not None:
+        _report_quality(ui, f"{label} · {run.benchmark.name}", run.quality)
+    return report.Entry(label, run.benchmark.name, verification=run.result, run=run, info=info)
+
+
+def _report_quality(ui: UI, label: str, quality) -> None:
+    """One line on the norms, and on the pairs ``--quality-threshold`` left out of the pooled metrics."""
+    q = quality.to_dict()
+    ui.detail(f"{label}: embedding norm min {q['norm_min']:.3f}, median {q['norm_median']:.3f}, max {q['norm_max']:.3f}")
+    if quality.threshold is not None:
+        ui.info(
+            f"{label}: {quality.n_low_pairs} pair(s) have an image with quality < {quality.threshold:g}; "
+            "left out of TAR@FAR/AUC/EER (10-fold accuracy uses all pairs)"
+        )
 
 
 def _model_label(spec: Path, all_specs: list[Path]) -> str:

@@ -110,6 +110,13 @@ def build(
     flip: Annotated[str, typer.Option("--flip", help="Flip fusion: sum, concat or none.")] = "sum",
     weighting: Annotated[str, typer.Option("--weighting", help="Template weights: none, or norm (MagFace/AdaFace quality).")] = "none",
     dtype: Annotated[str, typer.Option("--dtype", help="Stored precision: float32 or float16 (half the memory).")] = "float32",
+    quality_threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            "--quality-threshold",
+            help="Skip faces whose quality (norm of the raw unflipped embedding, MagFace/AdaFace) is below Q.",
+        ),
+    ] = None,
     device: DeviceOpt = "cpu",
     batch_size: BatchOpt = 64,
     json_: JsonOpt = False,
@@ -127,10 +134,14 @@ def build(
     if flip not in ("sum", "concat", "none"):
         raise UsageError(f"--flip must be sum, concat or none, got {flip!r}")
     loaded = _model(ui, None, model, mean, std, bgr, device, batch_size)
+    if quality_threshold is not None and not loaded.describe().get("quality"):
+        ui.warn(f"{model} has no facecli.quality metadata: its embedding norm may not encode face quality; "
+                f"--quality-threshold {quality_threshold:g} is applied anyway")
     total = len(list_images(images))
     with ui.progress("enrolling", total) as advance:
         result = build_gallery(
-            images, loaded, model, AlignSettings(align, select), flip, weighting, dtype, batch_size, advance
+            images, loaded, model, AlignSettings(align, select), flip, weighting, dtype, batch_size, advance,
+            quality_threshold,
         )
     _report_failures(ui, result.failures, "gallery")
     result.gallery.save(out)

@@ -275,7 +275,7 @@ def build_bin(
 
 
 def _load(path: Path, resize, quality, cache, report: BinReport):
-    """(bytes to store, 32x32 grey thumbnail) for one image, or a one-line reason it cannot be used."""
+    """(bytes to store, grey thumbnail for the alignment check) for one image, or a one-line reason it cannot be used."""
     if path in cache:
         return cache[path]
     try:
@@ -303,29 +303,67 @@ def _load(path: Path, resize, quality, cache, report: BinReport):
     return item
 
 
+THUMB_SIZE = 112  # grey copy of each image kept for the alignment check (uint8: 12 KB an image)
+LAYOUT_SIZE = 56  # faces are compared at half the ArcFace crop size
+LAYOUT_BOX = (10, 54, 8, 48)  # rows, columns (at 56 px) spanning brows, eyes, nose and mouth of an ArcFace crop
+LAYOUT_MIN_CORRELATION = 0.2
+ZOOMS = (1.6, 2.0, 2.4)  # how much smaller than in an ArcFace crop the face of an unaligned photo typically is
+ZOOM_MARGIN = 0.1
+
+
 def _thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """A grey uint8 copy at 112x112, all the alignment check needs."""
     import cv2
 
-    grey = cv2.cvtColor(cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
-    return grey.astype(np.float32)
+    small = cv2.resize(rgb, (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+
+
+def _layout(grey: np.ndarray, zoom: float = 1.0) -> np.ndarray:
+    """The face's horizontal-structure map: blurred ``|d/dy|`` over the landmark box, unit-normalised.
+
+    Brows, eyes, nostrils and lips are horizontal edges at fixed places in every aligned crop, whatever the
+    lighting, skin tone or background; plain grey levels mostly measure those instead, which is why comparing
+    grey thumbnails flagged real aligned crops. ``zoom`` > 1 first enlarges the centre of the image.
+    """
+    import cv2
+
+    if zoom != 1.0:
+        side = int(round(grey.shape[0] / zoom))
+        top = (grey.shape[0] - side) // 2
+        grey = grey[top : top + side, top : top + side]
+    small = cv2.resize(grey, (LAYOUT_SIZE, LAYOUT_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    edges = cv2.GaussianBlur(np.abs(cv2.Sobel(small, cv2.CV_32F, 0, 1)), (5, 5), 1.5)
+    r0, r1, c0, c1 = LAYOUT_BOX
+    vec = edges[r0:r1, c0:c1].ravel().astype(np.float64)
+    vec -= vec.mean()
+    return vec / (np.linalg.norm(vec) + 1e-6)
 
 
 def not_aligned_looking(thumbs: dict[Path, np.ndarray]) -> list[Path]:
-    """Images whose layout differs from the rest of the set: low correlation with the set's mean face.
+    """Images that do not have the face layout of the set's aligned crops (see :func:`_layout`).
 
-    Aligned crops share eye, nose and mouth positions, so each one correlates with the average of all of them;
-    a crop that was never aligned (or a wrong file) does not. Needs a handful of images to say anything.
+    An image fails when its layout map correlates less than 0.2 with the set's mean map, or when the centre of
+    the image, enlarged 1.6-2.4x, matches the mean clearly better than the image itself: the mark of a photo whose
+    face was never cropped. The mean is taken over the images that pass a first round, so a minority of bad
+    images does not blur it. Calibrated on the LFW sample: every facecli-aligned crop passes (lowest correlation
+    ~0.3, zoom gain <= 0.09), off-centre crops fail, and ~95% of the raw photos resized to 112 fail. Needs a
+    handful of images to say anything.
     """
     if len(thumbs) < 8:
         return []
     paths = list(thumbs)
-    stack = np.stack([thumbs[p].ravel() for p in paths])
-    stack = stack - stack.mean(axis=1, keepdims=True)
-    stack /= np.linalg.norm(stack, axis=1, keepdims=True) + 1e-6
-    mean = stack.mean(axis=0)
-    mean /= np.linalg.norm(mean) + 1e-6
-    corr = stack @ mean
-    return [p for p, c in zip(paths, corr) if c < 0.3]
+    maps = np.stack([_layout(thumbs[p]) for p in paths])
+    passing = np.ones(len(paths), bool)
+    for _ in range(2):
+        mean = maps[passing].mean(axis=0)
+        mean /= np.linalg.norm(mean) + 1e-6
+        corr = maps @ mean
+        zoomed = np.array([max(_layout(thumbs[p], z) @ mean for z in ZOOMS) for p in paths])
+        passing = (corr >= LAYOUT_MIN_CORRELATION) & (zoomed <= corr + ZOOM_MARGIN)
+        if not passing.any():
+            break
+    return [p for p, ok in zip(paths, passing) if not ok]
 
 
 def _summarise(report: BinReport, pairs: list[Pair]) -> None:

@@ -81,6 +81,7 @@ class EmbeddingModel(ABC):
         preprocessing_from: str,
         batch_size: int,
         architecture: str | None = None,
+        quality: str | None = None,
     ) -> None:
         self.source = source
         self.weights_file = weights_file
@@ -92,6 +93,8 @@ class EmbeddingModel(ABC):
         self.preprocessing_from = preprocessing_from
         self.batch_size = max(1, int(batch_size))
         self.architecture = architecture
+        #: "feature-norm" when the model was trained so its raw embedding norm is a face-quality score (MagFace, AdaFace).
+        self.quality = quality
         self._fingerprint: str | None = None
 
     @property
@@ -119,6 +122,7 @@ class EmbeddingModel(ABC):
             "mean": list(self.mean),
             "std": list(self.std),
             "preprocessing_from": self.preprocessing_from,
+            "quality": self.quality,
             "fingerprint": self.fingerprint,
         }
 
@@ -287,6 +291,7 @@ def load_onnx(
         preprocessing_from=found_from,
         batch_size=batch_size,
         architecture=meta.get("facecli.architecture"),
+        quality=meta.get("facecli.quality"),
     )
 
 
@@ -405,6 +410,7 @@ def load_checkpoint(
         preprocessing_from="user options" if (mean or std or bgr is not None) else "checkpoint info",
         batch_size=batch_size,
         architecture=info.get("architecture"),
+        quality=info.get("quality"),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -94,6 +94,105 @@ def fit_to_input(image: np.ndarray, size: int) -> np.ndarray:
 
 
 @dataclass
+class QualityReport:
+    """Face quality of the evaluated images and what ``--quality-threshold`` did with it.
+
+    MagFace and AdaFace train the L2 norm of the raw embedding to grow with how recognisable the face is, so the
+    norm of each image's unflipped embedding, before normalisation, is its quality. With a threshold, pairs where
+    either image falls below it are counted and left out of the pooled metrics (TAR@FAR, AUC, EER, deployment
+    threshold). The 10-fold protocol accuracy and VAL stay on *all* pairs: the folds are fixed blocks of the pair
+    list, and dropping pairs from them would silently change a number people compare with published results.
+    """
+
+    norms: np.ndarray = field(repr=False)  # per image row
+    threshold: float | None = None
+    low_pairs: np.ndarray | None = field(default=None, repr=False)  # per pair: min(norm a, norm b) < threshold
+    kept_genuine: int = 0
+    kept_impostor: int = 0
+
+    @property
+    def n_low_pairs(self) -> int:
+        return 0 if self.low_pairs is None else int(np.count_nonzero(self.low_pairs))
+
+    def to_dict(self) -> dict:
+        out: dict = {
+            "score": "L2 norm of the raw unflipped embedding",
+            "norm_min": float(self.norms.min()),
+            "norm_median": float(np.median(self.norms)),
+            "norm_max": float(self.norms.max()),
+            "threshold": self.threshold,
+        }
+        if self.threshold is not None:
+            out.update(
+                low_quality_images=int(np.count_nonzero(self.norms < self.threshold)),
+                low_quality_pairs=self.n_low_pairs,
+                pooled_metrics_pairs="pairs with both images at or above the threshold",
+                pooled_genuine=self.kept_genuine,
+                pooled_impostor=self.kept_impostor,
+                protocol_accuracy_pairs="all pairs (10-fold accuracy and VAL are not filtered)",
+            )
+        return out
+
+
+def verify_with_quality(
+    embeddings: np.ndarray,
+    issame: np.ndarray,
+    embeddings_flip: np.ndarray | None,
+    flip: str,
+    nfolds: int,
+    bootstrap: int = 0,
+    quality_threshold: float | None = None,
+) -> tuple[VerificationResult, QualityReport]:
+    """The verification protocol on raw embeddings, plus their quality, optionally pooling only good pairs.
+
+    ``flip``: ``sum`` adds ``embeddings_flip``, ``concat`` joins it, ``none`` ignores it. See :class:`QualityReport`
+    for which numbers the threshold changes.
+    """
+    issame = np.asarray(issame).astype(bool).ravel()
+
+    def run(rows: np.ndarray, rows_flip: np.ndarray | None, labels: np.ndarray, folds: int) -> VerificationResult:
+        if flip == "concat" and rows_flip is not None:
+            return verify(np.concatenate([rows, rows_flip], axis=1), labels, nfolds=folds, bootstrap=bootstrap)
+        return verify(rows, labels, rows_flip if flip != "none" else None, nfolds=folds, bootstrap=bootstrap)
+
+    result = run(embeddings, embeddings_flip, issame, nfolds)
+    quality = QualityReport(np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=1))
+    if quality_threshold is None:
+        return result, quality
+    pair_quality = np.minimum(quality.norms[0::2], quality.norms[1::2])
+    low = pair_quality < quality_threshold
+    keep_rows = np.repeat(~low, 2)
+    kept = issame[~low]
+    quality = replace(
+        quality,
+        threshold=float(quality_threshold),
+        low_pairs=low,
+        kept_genuine=int(np.count_nonzero(kept)),
+        kept_impostor=int(np.count_nonzero(~kept)),
+    )
+    if not low.any():
+        return result, quality
+    if quality.kept_genuine == 0 or quality.kept_impostor == 0:
+        raise UsageError(
+            f"--quality-threshold {quality_threshold:g} leaves {quality.kept_genuine} genuine and "
+            f"{quality.kept_impostor} impostor pairs (image norms range {quality.norms.min():.3g} to "
+            f"{quality.norms.max():.3g}): pooled metrics need both kinds"
+        )
+    flip_rows = embeddings_flip[keep_rows] if embeddings_flip is not None else None
+    pooled = run(embeddings[keep_rows], flip_rows, kept, 1)
+    result = replace(
+        result,
+        tar_at_far=pooled.tar_at_far,
+        auc=pooled.auc,
+        eer=pooled.eer,
+        threshold=pooled.threshold,
+        threshold_cosine=pooled.threshold_cosine,
+        intervals=pooled.intervals,
+    )
+    return result, quality
+
+
+@dataclass
 class VerificationRun:
     """A model's result on one verification benchmark, with what error analysis needs to show the faces."""
 
@@ -104,13 +203,14 @@ class VerificationRun:
     load_face: Callable[[int], np.ndarray]  # image row -> the aligned face the model saw
     no_face: list[str] = field(default_factory=list)  # photos where --align found no face (centre crop used)
     resized: int = 0  # photos of another size than the model input, used without alignment
+    quality: QualityReport | None = None
 
 
-def _verify_rows(rows: np.ndarray, issame: np.ndarray, flip: str, nfolds: int, bootstrap: int) -> VerificationResult:
+def _verify_rows(
+    rows: np.ndarray, issame: np.ndarray, flip: str, nfolds: int, bootstrap: int, quality_threshold: float | None
+) -> tuple[VerificationResult, QualityReport]:
     emb, emb_flip = split_flip(rows, flip != "none")
-    if flip == "concat":
-        return verify(np.concatenate([emb, emb_flip], axis=1), issame, nfolds=nfolds, bootstrap=bootstrap)
-    return verify(emb, issame, emb_flip, nfolds=nfolds, bootstrap=bootstrap)
+    return verify_with_quality(emb, issame, emb_flip, flip, nfolds, bootstrap, quality_threshold)
 
 
 def load_benchmark_bin(bench: Benchmark) -> tuple[list[bytes], np.ndarray]:
@@ -130,6 +230,7 @@ def evaluate_bin(
     cache_dir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
     bootstrap: int = 0,
+    quality_threshold: float | None = None,
 ) -> VerificationRun:
     """Embed every image of a ``.bin`` (and its mirror) and run the 10-fold protocol (``data``: already loaded)."""
     from facecli.imageio import ImageReadError, decode_image
@@ -148,9 +249,9 @@ def evaluate_bin(
         else None
     )
     rows = embed_stream(model, len(bins), load, flip=flip != "none", workers=workers, progress=progress, cache=cache)
-    result = _verify_rows(rows, issame, flip, nfolds, bootstrap)
+    result, quality = _verify_rows(rows, issame, flip, nfolds, bootstrap, quality_threshold)
     labels = [f"{bench.path.name}#{i}" for i in range(len(bins))]
-    return VerificationRun(bench, result, flip, labels, load)
+    return VerificationRun(bench, result, flip, labels, load, quality=quality)
 
 
 def evaluate_pairs(
@@ -164,6 +265,7 @@ def evaluate_pairs(
     cache_dir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
     bootstrap: int = 0,
+    quality_threshold: float | None = None,
 ) -> VerificationRun:
     """Verification on photos listed in an LFW-style pairs file; ``align`` runs facecli align (centre face)."""
     from facecli.eval.pairs import read_pairs
@@ -196,7 +298,7 @@ def evaluate_pairs(
     rows = embed_stream(model, len(unique), load, flip=flip != "none", workers=workers, progress=progress, cache=cache)
     order = np.array([index_of[p] for p in pairs.paths])
     bench = Benchmark(Path(pairs_file).stem, "pairs", Path(pairs_file), Path(images), align)
-    result = _verify_rows(rows[order], pairs.issame, flip, nfolds or pairs.nfolds, bootstrap)
+    result, quality = _verify_rows(rows[order], pairs.issame, flip, nfolds or pairs.nfolds, bootstrap, quality_threshold)
     return VerificationRun(
         bench,
         result,
@@ -205,6 +307,7 @@ def evaluate_pairs(
         lambda row: load(int(order[row])),
         [no_face[i] for i in sorted(no_face)],
         len(resized),
+        quality,
     )
 
 
@@ -239,12 +342,17 @@ def evaluate_embeddings(
     embeddings_flip: str | Path | None = None,
     nfolds: int = 10,
     bootstrap: int = 0,
-) -> VerificationResult:
-    """Verification of precomputed embeddings (``.npy``, pairs = rows 2i, 2i+1)."""
+    quality_threshold: float | None = None,
+) -> tuple[VerificationResult, QualityReport]:
+    """Verification of precomputed embeddings (``.npy``, pairs = rows 2i, 2i+1); flipped ones are summed."""
     emb = load_npy(embeddings, "embeddings")
     flags = load_npy(issame, "issame")
     flip = load_npy(embeddings_flip, "flip embeddings") if embeddings_flip else None
-    return verify(emb, flags.astype(bool).ravel(), flip, nfolds=nfolds, bootstrap=bootstrap)
+    if emb.ndim != 2:
+        raise UsageError(f"embeddings must be a 2-D array (images x dims), got shape {emb.shape}")
+    return verify_with_quality(
+        emb, flags, flip, "sum" if flip is not None else "none", nfolds, bootstrap, quality_threshold
+    )
 
 
 def load_npy(path: str | Path, what: str) -> np.ndarray:

@@ -64,10 +64,15 @@ class AlignSettings:
 
 @dataclass
 class Embedded:
-    """Unnormalised (flip-fused) embeddings of the images that worked, and why the others did not."""
+    """Unnormalised (flip-fused) embeddings of the images that worked, and why the others did not.
+
+    ``quality`` is the L2 norm of each image's raw *unflipped* embedding: the face-quality score of MagFace and
+    AdaFace models (the flip-fused norm would also depend on how symmetric the face is).
+    """
 
     images: list[FaceImage]
     raw: np.ndarray
+    quality: np.ndarray
     failures: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -98,9 +103,11 @@ def embed_images(
 ) -> Embedded:
     """Embed every image of ``items`` with ``model`` (a :func:`facecli.eval.load_model` model), chunk by chunk."""
     from facecli.eval import embed
+    from facecli.eval.embed import fuse, split_flip
 
     done: list[FaceImage] = []
     parts: list[np.ndarray] = []
+    quality: list[np.ndarray] = []
     failures: list[dict[str, str]] = []
     for start in range(0, len(items), CHUNK):
         crops = []
@@ -111,11 +118,34 @@ def embed_images(
             except ImageReadError as exc:
                 failures.append({"path": str(item.path), "status": exc.status, "reason": exc.reason})
         if crops:
-            parts.append(np.asarray(embed(model, np.stack(crops), flip=flip, batch_size=batch_size), np.float32))
+            both = embed(model, np.stack(crops), flip="none" if flip == "none" else "concat", batch_size=batch_size)
+            emb, emb_flip = split_flip(both, flip != "none")
+            parts.append(np.asarray(fuse(emb, emb_flip, flip), np.float32))
+            quality.append(np.linalg.norm(emb.astype(np.float64), axis=1))
         advance(len(items[start : start + CHUNK]))
     dim = int(model.embedding_size) * (2 if flip == "concat" else 1)
     raw = np.concatenate(parts) if parts else np.empty((0, dim), np.float32)
-    return Embedded(done, raw, failures)
+    return Embedded(done, raw, np.concatenate(quality) if quality else np.empty(0), failures)
+
+
+def drop_low_quality(embedded: Embedded, threshold: float) -> Embedded:
+    """``embedded`` without the faces whose quality is below ``threshold``; they join the failures."""
+    keep = embedded.quality >= threshold
+    dropped = [
+        {
+            "path": str(item.path),
+            "status": "low_quality",
+            "reason": f"face quality (embedding norm) {q:.3g} is below {threshold:g}",
+        }
+        for item, q, kept in zip(embedded.images, embedded.quality, keep)
+        if not kept
+    ]
+    return Embedded(
+        [item for item, kept in zip(embedded.images, keep) if kept],
+        embedded.raw[keep],
+        embedded.quality[keep],
+        embedded.failures + dropped,
+    )
 
 
 def describe_failures(failures: list[dict[str, str]]) -> str:

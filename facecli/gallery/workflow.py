@@ -20,6 +20,7 @@ from facecli.gallery.faces import (
     Embedded,
     FaceImage,
     describe_failures,
+    drop_low_quality,
     embed_images,
     list_images,
     model_record,
@@ -104,10 +105,16 @@ def build_gallery(
     dtype: str = "float32",
     batch_size: int = 64,
     advance: Advance = lambda n: None,
+    quality_threshold: float | None = None,
 ) -> Enrolment:
-    """Enrol every identity folder under ``images``: one template per identity, per-image embeddings kept."""
+    """Enrol every identity folder under ``images``: one template per identity, per-image embeddings kept.
+
+    ``quality_threshold``: skip (and record as ``low_quality``) faces whose raw embedding norm is below it.
+    """
     items = list_images(images)
     embedded = embed_images(model, items, align, flip, batch_size, advance)
+    if quality_threshold is not None:
+        embedded = drop_low_quality(embedded, quality_threshold)
     if not embedded.images:
         raise UsageError(f"no usable face in {images} ({describe_failures(embedded.failures)})")
     names = _named(embedded, "gallery")

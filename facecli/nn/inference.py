@@ -23,6 +23,9 @@ from facecli.nn.backbones.iresnet import DEPTHS
 DEFAULT_PREPROCESSING: dict[str, Any] = {"color": "RGB", "mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5),
                                          "input_size": (112, 112)}
 
+#: ``info["quality"]`` of a model whose raw embedding norm is a face-quality score (trained with MagFace/AdaFace).
+QUALITY_FEATURE_NORM = "feature-norm"
+
 #: File names inside a run directory (written by ``facecli.train``).
 RUN_FILES = {"last": "model.pt", "best": "best.pt", "checkpoint": "checkpoint.pt"}
 
@@ -121,10 +124,13 @@ def load_backbone(path_or_run_dir: str | os.PathLike, which: str = "last",
     """``(model.eval(), info)`` for a run directory, facecli checkpoint or arcface_torch state dict.
 
     ``info`` has ``architecture``, ``embedding_size``, ``color`` ("RGB"), ``mean``/``std`` (per channel, 0–255
-    units: input = (pixel - mean) / std) and ``input_size`` (width, height).
+    units: input = (pixel - mean) / std), ``input_size`` (width, height), ``head`` (the training head's name, None
+    when unknown) and ``quality`` (``QUALITY_FEATURE_NORM`` when the embedding norm is a quality score, else None).
     """
     path = resolve_model_file(path_or_run_dir, which)
     state, info = backbone_state(read_weights(path), architecture)
+    info.setdefault("head", None)
+    info.setdefault("quality", None)
     model = build_backbone(info)
     try:
         model.load_state_dict(state, strict=True)

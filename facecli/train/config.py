@@ -54,7 +54,7 @@ class HeadConfig:
     weight_decay: float = -1.0
     #: An auxiliary embedding loss with its own optimiser step (e.g. "center"), its weight and learning rate.
     aux: str = ""
-    aux_weight: float = 0.01
+    aux_weight: float = 0.003  # center loss λ of Wen et al.
     aux_lr: float = 0.5
     aux_options: dict[str, Any] = field(default_factory=dict)
 

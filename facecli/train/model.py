@@ -15,7 +15,7 @@ from torch import nn
 from facecli.errors import UsageError
 from facecli.nn.classifier import FullClassifier
 from facecli.nn.heads import EmbeddingLoss, MarginHead, build_head
-from facecli.nn.inference import backbone_state, build_backbone, model_info, read_weights
+from facecli.nn.inference import QUALITY_FEATURE_NORM, backbone_state, build_backbone, model_info, read_weights
 from facecli.nn.partial_fc import PartialFC
 from facecli.train.config import TrainConfig
 
@@ -81,6 +81,15 @@ def load_init_backbone(backbone: nn.Module, path: str, info: dict[str, Any]) -> 
         raise UsageError(f"--init {path} does not fit the backbone: {str(exc).splitlines()[0]}") from None
 
 
+def head_info(name: str, head: nn.Module) -> dict[str, str]:
+    """What the exported model inherits from its training head: the name, and ``quality: feature-norm`` when the
+    head makes the raw embedding norm a face-quality score (MagFace, AdaFace), so readers need not guess."""
+    info = {"head": name}
+    if getattr(head, "quality_from_norm", False):
+        info["quality"] = QUALITY_FEATURE_NORM
+    return info
+
+
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[FaceModel, dict[str, Any]]:
     """The training model for ``cfg`` and the backbone's info (stored in checkpoints and exports)."""
     m = cfg.model
@@ -92,6 +101,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[FaceModel, dict[str
     if m.init:
         load_init_backbone(backbone, m.init, info)
     head = _build_head(cfg.head.name, num_classes, m.embedding_size, cfg.head.options)
+    info.update(head_info(cfg.head.name, head))
     classifier: nn.Module | None = None
     if isinstance(head, MarginHead):
         subcenters = int(getattr(head, "num_subcenters", 1))

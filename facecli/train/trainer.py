@@ -160,12 +160,17 @@ class Trainer:
         cfg = self.cfg
         head_wd = cfg.head.weight_decay if cfg.head.weight_decay >= 0 else cfg.optim.weight_decay
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        undecayed = {id(p) for p in self.model.head.no_weight_decay_parameters()}
+        head = [p for p in self.model.head.parameters() if p.requires_grad and id(p) not in undecayed]
+        head_no_decay = [p for p in self.model.head.parameters() if p.requires_grad and id(p) in undecayed]
         if self.model.classifier is not None:
             head = list(self.model.classifier.parameters()) + head
         groups = [{"params": backbone, "base_lr": cfg.optim.lr * cfg.model.backbone_lr_scale,
                    "weight_decay": cfg.optim.weight_decay, "name": "backbone"}]
-        if head:
+        if head_no_decay:
+            groups.append({"params": head_no_decay, "base_lr": cfg.optim.lr, "weight_decay": 0.0,
+                           "name": "head-no-decay"})
+        if head:  # last: its LR is the one logged
             groups.append({"params": head, "base_lr": cfg.optim.lr, "weight_decay": head_wd, "name": "head"})
         for g in groups:
             g["lr"] = g["base_lr"]

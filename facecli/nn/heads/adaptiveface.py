@@ -10,8 +10,8 @@ and keeps the logged loss positive.) The paper's other two parts (hard prototype
 sampling) are sampling strategies, not part of this head.
 
 Defaults: the paper's text does not fix s and λ; facecli uses the settings of the FaceX-Zoo re-implementation
-(s = 30, λ = 70, margins initialised uniformly in [0.3, 0.4]). The margins are head parameters: the trainer gives
-them the head's own weight decay (use 0 for them).
+(s = 30, λ = 70, margins initialised uniformly in [0.3, 0.4]). The margins are exempt from weight decay
+(``no_weight_decay_parameters``): decay would add a pull towards 0 that the paper's loss does not have.
 """
 
 from __future__ import annotations
@@ -56,3 +56,6 @@ class AdaptiveFace(MarginHead):
 
     def regularizer(self, norms: torch.Tensor | None) -> torch.Tensor:
         return self.lambda_m * (1.0 - self.margins.mean())
+
+    def no_weight_decay_parameters(self) -> list[nn.Parameter]:
+        return [self.margins]

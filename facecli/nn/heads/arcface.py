@@ -7,21 +7,10 @@ target logit monotonic in θ. ``easy_margin`` instead applies the margin only wh
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from facecli.nn.heads._angles import arc_margin
 from facecli.nn.heads.base import HEADS, MarginHead
-
-
-def additive_angular(cos_t: torch.Tensor, m: float, easy_margin: bool) -> torch.Tensor:
-    """``cos(θ + m)`` with ArcFace's fallback (or the easy-margin rule) where θ + m leaves [0, π]."""
-    sin_t = torch.sqrt((1.0 - cos_t * cos_t).clamp(min=0.0))
-    phi = cos_t * math.cos(m) - sin_t * math.sin(m)
-    if easy_margin:
-        return torch.where(cos_t > 0, phi, cos_t)
-    th, mm = math.cos(math.pi - m), math.sin(math.pi - m) * m
-    return torch.where(cos_t > th, phi, cos_t - mm)
 
 
 @HEADS.register("arcface")
@@ -35,4 +24,4 @@ class ArcFace(MarginHead):
         self.easy_margin = bool(easy_margin)
 
     def target_logit(self, cos_t: torch.Tensor, norms_t: torch.Tensor | None) -> torch.Tensor:
-        return additive_angular(cos_t, self.m, self.easy_margin)
+        return arc_margin(cos_t, self.m, self.easy_margin)

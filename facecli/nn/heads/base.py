@@ -15,6 +15,7 @@ Hooks, in the order ``forward`` calls them:
   hard negatives); default unchanged.
 - ``scale_logits(logits, cos_t, rows, cols)``: multiply by the scale (AdaCos adapts it); default ``s``.
 - ``regularizer(norms)``: an extra loss term (MagFace's g(a)); default none.
+- ``no_weight_decay_parameters()``: head parameters the trainer puts in a weight-decay-0 group; default none.
 
 Adaptive state (AdaCos s, CurricularFace t, AdaFace statistics) must be registered buffers so that checkpoints and
 ``--resume`` restore it.
@@ -88,6 +89,10 @@ class MarginHead(nn.Module):
         """An extra loss term added to the cross-entropy (None when the head has none)."""
         return None
 
+    def no_weight_decay_parameters(self) -> list[nn.Parameter]:
+        """Head parameters the optimiser must not decay (AdaptiveFace's margins: decay would pull them to 0)."""
+        return []
+
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """The constructor's parameters and their defaults: what ``--list-heads`` shows."""
@@ -104,6 +109,10 @@ class EmbeddingLoss(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def no_weight_decay_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser must not decay; embedding losses have none."""
+        return []
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

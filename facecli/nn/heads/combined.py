@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from facecli.nn.heads._angles import safe_angle
 from facecli.nn.heads.base import HEADS, MarginHead
 
 
@@ -29,7 +30,7 @@ class CombinedMargin(MarginHead):
         self.straight_through = bool(straight_through)
 
     def target_logit(self, cos_t: torch.Tensor, norms_t: torch.Tensor | None) -> torch.Tensor:
-        theta = torch.acos(cos_t.clamp(-1.0 + 1e-7, 1.0 - 1e-7))
+        theta = safe_angle(cos_t)
         target = torch.cos(self.m1 * theta + self.m2) - self.m3
         if self.straight_through:
             return cos_t + (target - cos_t).detach()

@@ -15,12 +15,13 @@ import math
 
 import torch
 
+from facecli.nn.heads._angles import safe_angle
 from facecli.nn.heads.base import HEADS, MarginHead
 
 
 def multiplicative_angular(cos_t: torch.Tensor, m: int) -> torch.Tensor:
     """ψ(θ) = (-1)^k cos(mθ) - 2k with k = ⌊mθ/π⌋."""
-    theta = torch.acos(cos_t.clamp(-1.0, 1.0))
+    theta = safe_angle(cos_t)
     k = torch.floor(m * theta / math.pi).clamp(0, m - 1).detach()
     sign = 1.0 - 2.0 * torch.remainder(k, 2)
     return sign * torch.cos(m * theta) - 2.0 * k
