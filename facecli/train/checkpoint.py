@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from facecli.errors import CorruptFileError, UsageError
+from facecli.errors import CorruptFileError
 from facecli.fileio import atomic_path
+from facecli.nn.inference import read_weights
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "facecli.checkpoint"
@@ -62,13 +63,9 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
+    """A full training checkpoint, read weights-only (see ``read_weights``) and checked to be facecli's."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling/zip failure is a damaged or foreign file
-        raise CorruptFileError(f"cannot read checkpoint {path}: {exc}") from None
+    state = read_weights(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CorruptFileError(f"{path} is not a facecli training checkpoint")
     return state
