@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Protocol, Sequence
 
+from facecli.data.csvinput import read_csv
 from facecli.errors import UsageError
 from facecli.imageio import IMAGE_SUFFIXES
 from facecli.registry import Registry
@@ -210,13 +211,7 @@ def _resolve_listed(src: Path, listed: str) -> tuple[str, str]:
 
 
 def _read_csv_rows(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            return list(csv.DictReader(fh))
-    except FileNotFoundError:
-        raise UsageError(f"file not found: {path}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise UsageError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+    return read_csv(path, "file", csv.DictReader)
 
 
 def _label_sort_key(name: str) -> tuple:
@@ -250,13 +245,7 @@ class CsvLayout:
 
     def identities(self) -> list[Identity]:
         labels = Path(self.labels)
-        try:
-            with open(labels, newline="", encoding="utf-8-sig") as fh:
-                rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-        except FileNotFoundError:
-            raise UsageError(f"labels file not found: {labels}") from None
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise UsageError(f"{labels}: not a UTF-8 CSV file ({exc})") from None
+        rows = [r for r in read_csv(labels, "labels file") if r and any(c.strip() for c in r)]
         if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
             rows = rows[1:]
         samples = []
@@ -347,13 +336,7 @@ def read_exclude_list(path: Path, src: Path) -> frozenset[str]:
 
     Entries may be relative to the source folder or absolute; both forms are matched.
     """
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [r for r in csv.reader(fh) if r and r[0].strip()]
-    except FileNotFoundError:
-        raise UsageError(f"exclude list not found: {path}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise UsageError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+    rows = [r for r in read_csv(path, "exclude list") if r and r[0].strip()]
     column = 0
     if rows and "path" in [c.strip().lower() for c in rows[0]]:
         column = [c.strip().lower() for c in rows[0]].index("path")

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from facecli.data.benchmarks import save_bin
+from facecli.data.csvinput import read_csv
 from facecli.data.layouts import FolderLayout
 from facecli.data.payloads import probe, resize_to
 from facecli.errors import UsageError
@@ -91,13 +92,7 @@ _FALSE = {"0", "false", "no", "n", "f"}
 
 def read_pairs_csv(path: Path, root: Path) -> list[Pair]:
     """A CSV of ``path1,path2,same`` (header optional; ``same`` is 1/0, true/false, yes/no; optional ``fold``)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except FileNotFoundError:
-        raise UsageError(f"pairs file not found: {path}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise UsageError(f"{path}: not a UTF-8 CSV file ({exc})") from None
+    rows = [r for r in read_csv(path, "pairs file") if r and any(c.strip() for c in r)]
     if rows and rows[0][2:3] and rows[0][2].strip().lower() not in _TRUE | _FALSE:
         rows = rows[1:]  # header
     pairs = []
