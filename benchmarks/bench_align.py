@@ -45,7 +45,7 @@ def link_tree(files: list[Path], root: Path) -> Path:
     for i, path in enumerate(files):
         target = raw / f"{i:04d}_{path.parent.name}" / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(path)
+        target.symlink_to(path.resolve())
     return raw
 
 

