@@ -8,11 +8,12 @@ The shape of a run, and why:
 * **Skip what is done.** Without ``--overwrite``, a file whose crops already exist and decode is not processed
   again; its row comes back from the previous manifest (status ``skipped_existing``), so the manifest is complete
   after a resume.
-* **Compute in workers, write in one place.** Worker processes (``--workers``) return encoded crops and manifest
-  rows; the parent writes every file atomically as results arrive. Workers get the biggest files first, so one
-  huge photo does not leave the other workers idle at the end. Results are byte-identical to ``--workers 1`` (the
-  manifest is sorted before it is written) and Ctrl-C leaves no partial file: workers ignore SIGINT, the parent
-  stops them, saves the manifest of what finished and re-raises.
+* **Compute in workers, write in one place.** With ``--workers N`` this process is one of the N: it starts at
+  once on the smallest files while N - 1 pool processes start up and then take the biggest files first, so one
+  huge photo does not leave the others idle at the end. Pool processes return encoded crops and manifest rows;
+  this process writes every file atomically as results arrive. Results are byte-identical to ``--workers 1``
+  (the manifest is sorted before it is written) and Ctrl-C leaves no partial file: pool processes ignore SIGINT,
+  this process stops them, saves the manifest of what finished and re-raises.
 """
 
 from __future__ import annotations
@@ -390,20 +391,71 @@ def _worker_context() -> Any:
 
 @contextlib.contextmanager
 def _results(jobs: list[Job], options: AlignOptions, workers: int) -> Iterator[Iterator[FileResult]]:
-    """Results computed here in job order (1 worker), or in a process pool, biggest files first, as they finish."""
+    """Results computed here in job order (1 worker), or shared between this process and a pool, as they finish.
+
+    With N workers, N - 1 are pool processes and this process is the N-th. The pool starts on a background thread
+    (about a second: a fork server that imports the detector's runtime) while this process begins on the smallest
+    files; the pool then works through the biggest files first, so one huge photo does not finish last on one core.
+    """
     if workers <= 1 or len(jobs) <= 1:
         detector = _make_detector(options)
         yield (_timed(job, options, detector) for job in jobs)
         return
-    pool = _worker_context().Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(options,))
+    from concurrent.futures import ThreadPoolExecutor
+
+    ctx = _worker_context()
+    size = min(workers - 1, len(jobs) - 1)
+    with ThreadPoolExecutor(1) as starter, _opencv_threads(1):
+        pool_future = starter.submit(ctx.Pool, size, initializer=_init_worker, initargs=(options,))
+        try:
+            yield _shared_results(pool_future, sorted(jobs, key=_file_size, reverse=True), options, size)
+        finally:
+            # Every task has been collected (or the run is being abandoned): stop the workers instead of waiting
+            # for them to tear down their runtimes one by one. A pool that failed to start has nothing to stop.
+            if pool_future.exception() is None:
+                pool_future.result().terminate()
+                pool_future.result().join()
+
+
+@contextlib.contextmanager
+def _opencv_threads(count: int) -> Iterator[None]:
+    """OpenCV's own threads would contend with the worker processes; restore the caller's setting afterwards."""
+    import cv2
+
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(count)
     try:
-        yield pool.imap_unordered(_work, sorted(jobs, key=_file_size, reverse=True), chunksize=1)
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
+        yield
     finally:
-        pool.join()
+        cv2.setNumThreads(previous)
+
+
+def _shared_results(pool_future: Any, jobs: list[Job], options: AlignOptions, pool_size: int) -> Iterator[FileResult]:
+    """Feed the pool from the front of ``jobs`` (a few tasks ahead per process) and compute from the back here."""
+    import queue
+
+    finished: queue.SimpleQueue = queue.SimpleQueue()  # filled by the pool's result thread
+    front, back, outstanding = 0, len(jobs), 0
+    detector: Detector | None = None
+    while front < back or outstanding:
+        if pool_future.done():
+            while outstanding < 2 * pool_size and front < back:
+                pool_future.result().apply_async(
+                    _work, (jobs[front],), callback=finished.put, error_callback=finished.put
+                )
+                front += 1
+                outstanding += 1
+        while not finished.empty() or (outstanding and front == back):
+            result = finished.get()
+            outstanding -= 1
+            if isinstance(result, BaseException):
+                raise result
+            yield result
+        if front < back:
+            back -= 1
+            if detector is None:
+                detector = _make_detector(options)
+            yield _timed(jobs[back], options, detector)
 
 
 # ---------------------------------------------------------------------------------------------- the run
