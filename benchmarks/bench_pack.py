@@ -12,7 +12,8 @@ folders), warms the page cache, then times in the same run:
 * im2rec: ``python -m mxnet.tools.im2rec --list --recursive`` + ``--pass-through`` with the real MXNet 1.9.1 (its
   two interpreter starts included), when a venv with it exists (``FACECLI_MXNET_PYTHON`` or ``../mxnet-venv``).
 
-Targets: facecli at least 2x im2rec, and within 2x of the floor. Each contender is timed best-of ``--repeat``.
+Targets: facecli at least 2x im2rec, and within 2x of the floor. Each contender is timed best-of ``--repeat``;
+deleting the previous round's output happens before the clock starts, for every contender alike.
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ def build_dataset(root: Path, images: int, per_identity: int = 20) -> None:
         path.write_bytes(sources[i % len(sources)])
 
 
-def timed(fn) -> float:
+def timed(contender: tuple) -> float:
+    """Seconds of ``run()``; ``setup()`` before it (removing the previous round's output) is not timed."""
+    setup, run = contender
+    setup()
     start = time.perf_counter()
-    fn()
+    run()
     return time.perf_counter() - start
 
 
@@ -86,15 +90,21 @@ def main() -> None:
         from facecli.data.layouts import Selection, build_layout
         from facecli.data.pack import PackOptions, lazy_plan, write_pack
 
+        def removing(folder: Path, recreate: bool = False):
+            """A setup that deletes the previous round's output (untimed: deleting is no part of packing)."""
+            def setup() -> None:
+                shutil.rmtree(folder, ignore_errors=True)
+                if recreate:
+                    folder.mkdir()
+            return setup
+
         def facecli_library() -> None:
             out = work / "facecli_lib"
-            shutil.rmtree(out, ignore_errors=True)
             write_pack(lazy_plan(build_layout("folders", src), Selection()), out,
                        PackOptions(layout_out="flat", workers=args.workers), source=str(src))
 
         def facecli_cli() -> None:
             out = work / "facecli"
-            shutil.rmtree(out, ignore_errors=True)
             run([sys.executable, "-m", "facecli", "pack", str(src), str(out), "--layout-out", "flat",
                  "--workers", str(args.workers), "-q"])
 
@@ -102,22 +112,20 @@ def main() -> None:
 
         def im2rec() -> None:
             prefix = work / "im2rec" / "data"
-            shutil.rmtree(prefix.parent, ignore_errors=True)
-            prefix.parent.mkdir()
             run([str(mx), "-m", "mxnet.tools.im2rec", "--list", "--recursive", str(prefix), str(src)])
             run([str(mx), "-m", "mxnet.tools.im2rec", "--pass-through", "--num-thread", "1", str(prefix), str(src)])
 
         contenders = {
-            "floor: list + read all bytes": lambda: read_all(src),
-            f"facecli library (workers={args.workers})": facecli_library,
-            f"facecli pack CLI (workers={args.workers})": facecli_cli,
+            "floor: list + read all bytes": (lambda: None, lambda: read_all(src)),
+            f"facecli library (workers={args.workers})": (removing(work / "facecli_lib"), facecli_library),
+            f"facecli pack CLI (workers={args.workers})": (removing(work / "facecli"), facecli_cli),
         }
         if mx is not None:
-            contenders["im2rec --list + --pass-through"] = im2rec
+            contenders["im2rec --list + --pass-through"] = (removing(work / "im2rec", recreate=True), im2rec)
         else:
             print("(no MXNet venv: set FACECLI_MXNET_PYTHON or create ../mxnet-venv to compare with im2rec)")
         # rounds interleave the contenders, so a busy machine slows all of them alike within a round
-        rounds = [{name: timed(fn) for name, fn in contenders.items()} for _ in range(args.repeat)]
+        rounds = [{name: timed(contender) for name, contender in contenders.items()} for _ in range(args.repeat)]
         names = list(contenders)
         for name in names:
             best = min(r[name] for r in rounds)

@@ -138,6 +138,25 @@ def test_unicode_identities_sorted_and_nfc(tmp_path, jpegs):
     assert paths[-1] == "김민준/사진_1.jpg"
 
 
+def test_records_csv_quotes_like_the_csv_module(tmp_path, jpegs):
+    """records.csv rows are written directly when nothing needs quoting; names with commas or quotes must still
+    come out exactly as csv.writer writes them."""
+    src = tmp_path / "src"
+    files = [("plain", "0.jpg"), ("plain", "1 two.jpg"), ("smith, john", "0.jpg"), ('say "cheese"', 'a"b.jpg'),
+             ("plain2", "x,y.jpg"), ("plain2", "z.jpg")]
+    for i, (identity, name) in enumerate(files):
+        _write(src / identity / name, jpegs[i])
+    _pack(src, tmp_path / "out", layout_out="flat")
+    rows = [["key", "label", "identity", "path", "source"]]
+    for key, (identity, name) in enumerate(sorted(files)):
+        label = sorted({f[0] for f in files}).index(identity)
+        rows.append([key, label, identity, f"{identity}/{name}", ""])
+    expected = tmp_path / "expected.csv"
+    with open(expected, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+    assert (tmp_path / "out" / "records.csv").read_bytes() == expected.read_bytes()
+
+
 def _kface_tree(root: Path, jpegs: list[bytes]) -> None:
     for person in ("19062421", "19062431"):
         for s in (1, 2):

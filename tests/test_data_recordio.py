@@ -17,6 +17,7 @@ from facecli.data.recordio import (
     RecordReader,
     RecordWriter,
     frame,
+    frame_images,
     pack,
     read_ms1m_layout,
     read_property,
@@ -158,6 +159,46 @@ def test_multipart_chunks_match_mxnet(golden, expected):
                 chunks.append({"offset": info["offset"] + pos, "cflag": lrec >> 29, "length": length})
                 pos += 8 + length + (-length & 3)
             assert chunks == [{k: c[k] for k in ("offset", "cflag", "length")} for c in info["chunks"]], key
+
+
+@pytest.mark.parametrize("name,sub,rec", [
+    ("flat", None, "flat/data.rec"), ("im2rec", "passthrough", "im2rec/passthrough.rec"),
+])
+def test_batched_writer_rebuilds_golden_files_byte_for_byte(golden, expected, tmp_path, name, sub, rec):
+    """write_images (the packer's batched path) writes MXNet's files too, in batches of uneven sizes."""
+    info_set = _set(expected, name, sub)
+    keys = list(info_set["idx_order"])
+    infos = [info_set["records"][str(key)] for key in keys]
+    assert all(_header(i) == IRHeader(0, i["header"]["label"][0], k, 0) for k, i in zip(keys, infos))
+    out = tmp_path / "out.rec"
+    with RecordWriter(out) as writer:
+        for start, stop in ((0, 1), (1, 4), (4, len(keys))):
+            batch = list(zip(keys[start:stop], infos[start:stop]))
+            writer.write_images([k for k, _ in batch], [i["header"]["label"][0] for _, i in batch],
+                                [_payload(golden, info_set, str(k), i) for k, i in batch])
+    assert out.read_bytes() == (golden / rec).read_bytes()
+    assert out.with_suffix(".idx").read_bytes() == (golden / rec).with_suffix(".idx").read_bytes()
+
+
+def test_batched_framing_equals_framing_each_record():
+    """frame_images must equal frame(pack(...)) per record whatever holds the magic: payloads (aligned or not),
+    a key or a label whose bytes are the magic, at every length modulo 4, in batches with and without cuts."""
+    rng = np.random.RandomState(5)
+    magic_key = int.from_bytes(MAGIC_BYTES, "little")
+    magic_label = float(np.frombuffer(MAGIC_BYTES, dtype="<f4")[0])
+    for trial in range(200):
+        n = int(rng.randint(0, 6))
+        keys = [magic_key if rng.rand() < 0.05 else int(rng.randint(0, 1 << 40)) for _ in range(n)]
+        labels = [magic_label if rng.rand() < 0.05 else float(rng.randint(0, 100)) for _ in range(n)]
+        payloads = []
+        for _ in range(n):
+            payload = bytearray(rng.randint(0, 256, size=int(rng.randint(0, 64)), dtype=np.uint8).tobytes())
+            if len(payload) >= 4 and rng.rand() < 0.3:
+                at = int(rng.randint(0, len(payload) - 3))
+                payload[at : at + 4] = MAGIC_BYTES
+            payloads.append(bytes(payload))
+        framed = [frame(pack(IRHeader(0, lab, key, 0), p)) for key, lab, p in zip(keys, labels, payloads)]
+        assert frame_images(keys, labels, payloads) == (b"".join(framed), [len(f) for f in framed]), trial
 
 
 def test_label_rules_of_pack():

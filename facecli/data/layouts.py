@@ -14,8 +14,9 @@ import random
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Protocol, Sequence
+from typing import Iterable, NamedTuple, Protocol, Sequence
 
 from facecli.data.csvinput import read_csv
 from facecli.errors import UsageError
@@ -64,12 +65,16 @@ def nfc(text: str) -> str:
 
 
 def _rel(path: str | Path, root: Path) -> str:
-    """``path`` relative to ``root`` as POSIX NFC text (a string slice in the common case: listing is hot)."""
+    """``path`` relative to ``root`` as POSIX NFC text."""
+    rel = _raw_rel(path, root)
+    return rel if rel.isascii() else nfc(rel)
+
+
+def _raw_rel(path: str | Path, root: Path) -> str:
+    """``path`` relative to ``root``, POSIX, not yet NFC (a string slice in the common case: listing is hot)."""
     path, prefix = str(path), os.path.join(str(root), "")
     rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
-    if os.sep != "/":
-        rel = rel.replace(os.sep, "/")
-    return rel if rel.isascii() else nfc(rel)
+    return rel.replace(os.sep, "/") if os.sep != "/" else rel
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -80,20 +85,38 @@ def _visible_dirs(folder: Path) -> list[Path]:
         raise UsageError(f"cannot list {folder}: {exc.strerror or exc}") from None
 
 
-def _images_below(folder: str | Path) -> Iterator[str]:
-    """Every image file below ``folder`` at any depth (hidden files and folders skipped), as path strings."""
+def _images_below(folder: str | Path, rel: str = "") -> list[tuple[str, str]]:
+    """Every image file below ``folder`` at any depth (hidden files and folders skipped) as (raw rel, path).
+
+    The raw rel is ``rel`` (the folder's own relative path plus ``/``, or empty) joined with the names below it,
+    built by concatenation while listing because recomputing it from each full path costs more than the listing.
+    """
     try:
         entries = list(os.scandir(folder))
     except OSError as exc:
         raise UsageError(f"cannot list {folder}: {exc.strerror or exc}") from None
+    found = []
     for entry in entries:
         name = entry.name
         if name.startswith("."):
             continue
         if entry.is_dir():
-            yield from _images_below(entry.path)
-        elif os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-            yield entry.path
+            found += _images_below(entry.path, f"{rel}{name}/")
+        else:
+            dot = name.rfind(".")  # os.path.splitext for a name that does not start with a dot
+            if dot > 0 and name[dot:].lower() in IMAGE_SUFFIXES:
+                found.append((rel + name, entry.path))
+    return found
+
+
+def _samples_below(folders: Iterable[Path], root: Path, identity: str) -> list[Sample]:
+    """The images below ``folders`` as samples of ``identity``, sorted by their path relative to ``root``."""
+    found = []
+    for folder in folders:
+        found += _images_below(folder, _raw_rel(folder, root) + "/")
+    found = [pair if pair[0].isascii() else (nfc(pair[0]), pair[1]) for pair in found]
+    found.sort(key=itemgetter(0))  # stable, so equal rels (NFC twins) keep their listing order
+    return [Sample(path, rel, identity) for rel, path in found]
 
 
 def _check_source(src: Path) -> Path:
@@ -135,8 +158,7 @@ class FolderLayout:
         return _identity_folders(self.src, self.identity_depth)
 
     def samples(self, identity: Identity) -> list[Sample]:
-        found = [Sample(p, _rel(p, self.src), identity.name) for folder in identity.locator for p in _images_below(folder)]
-        return sorted(found, key=lambda s: s.rel)
+        return _samples_below(identity.locator, self.src, identity.name)
 
 
 def parse_ranges(text: str | None, what: str) -> frozenset[int] | None:
@@ -193,7 +215,7 @@ class KFaceLayout:
     def samples(self, identity: Identity) -> list[Sample]:
         found = []
         for folder in identity.locator:
-            for path in _images_below(folder):
+            for _, path in _images_below(folder):
                 if self.keep(_rel(path, folder)):
                     found.append(Sample(path, _rel(path, self.src), identity.name))
         return sorted(found, key=lambda s: s.rel)
@@ -313,7 +335,8 @@ class Selection:
 
     def apply(self, samples: list[Sample]) -> list[Sample]:
         """Filter by globs and the exclusion list, then cap with a seeded per-identity sample (order kept)."""
-        kept = [
+        filtered = self.include or self.exclude or self.excluded_paths
+        kept = list(samples) if not filtered else [
             s
             for s in samples
             if (not self.include or self.matches(s, self.include))

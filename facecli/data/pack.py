@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from facecli.data.layouts import Identity, Layout, Sample, Selection
-from facecli.data.payloads import Encoding, prepare, probe
+from facecli.data.payloads import Encoding, prepare_many, probe
 from facecli.data.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack, write_property
 from facecli.errors import UsageError
 from facecli.fileio import atomic_write_text
@@ -43,6 +43,8 @@ REC_NAME = "train"
 LABELS_CSV = "labels.csv"
 RECORDS_CSV = "records.csv"
 PACK_JSON = "pack.json"
+BATCH = 32  # images per batch read (one task per worker process): amortises per-call costs, bounds memory
+_CSV_QUOTED = re.compile('[,"\r\n]')  # the delimiter, quote and line breaks: csv.writer quotes fields holding them
 _PART_RE = re.compile(r"^(?P<name>.+)\.part-(?P<i>\d+)-of-(?P<n>\d+)\.rec$")
 
 
@@ -171,17 +173,34 @@ class DatasetWriter:
         self._last_label = -1
 
     def add(self, label: int, payload: bytes, identity: str, rel: str, source: str = "") -> int:
+        key = self.next_key
+        self.add_many(label, identity, [payload], [rel], [source])
+        return key
+
+    def add_many(self, label: int, identity: str, payloads: Sequence[bytes], rels: Sequence[str],
+                 sources: Sequence[str]) -> None:
+        """Records for images of one label, written as one batch: per-image costs dominate packing."""
         if label < self._last_label:
             raise ValueError("records must be added in label order")
         self._last_label = label
-        key = self.next_key
-        self.writer.write(key, pack(IRHeader(0, float(label), key, 0), payload))
-        self._records.writerow([key, label, identity, rel, source])
+        n = len(payloads)
+        keys = range(self.next_key, self.next_key + n)
+        self.writer.write_images(keys, [float(label)] * n, payloads)
+        self._write_rows(keys, label, identity, rels, sources)
         if label >= len(self.counts):
             self.counts.extend([0] * (label + 1 - len(self.counts)))
-        self.counts[label] += 1
-        self.next_key += 1
-        return key
+        self.counts[label] += n
+        self.next_key += n
+
+    def _write_rows(self, keys: range, label: int, identity: str, rels: Sequence[str], sources: Sequence[str],
+                    ) -> None:
+        """``records.csv`` rows. When no field holds a character that makes the csv module quote it, its output
+        is the fields joined by commas, so that is written directly (several times faster per row)."""
+        if any(_CSV_QUOTED.search(text) for text in (identity, "".join(rels), "".join(sources))):
+            self._records.writerows(zip(keys, itertools.repeat(label), itertools.repeat(identity), rels, sources))
+        else:
+            rows = [f"{key},{label},{identity},{rel},{source}\n" for key, rel, source in zip(keys, rels, sources)]
+            self._records_fh.write("".join(rows))
 
     def close(self, num_classes: int) -> dict[str, str]:
         """Write identity and header records (ms1m), rename everything into place; returns sha256 per file."""
@@ -213,35 +232,21 @@ class DatasetWriter:
 # Ordered parallel preparation with bounded memory
 
 
-def ordered_map(fn: Callable, items: Iterable, workers: int, chunk: int = 32) -> Iterator:
-    """``map(fn, items)`` in order, with ``workers`` processes and at most ``4 * workers`` chunks in flight."""
+def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """``map(fn, items)`` in order, with ``workers`` processes and at most ``4 * workers`` items in flight.
+
+    Each item is one task, so callers pass batches (a few dozen images), not single images.
+    """
     if workers <= 1:
         yield from map(fn, items)
         return
     iterator = iter(items)
     with cf.ProcessPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-
-        def submit() -> bool:
-            batch = []
-            for item in iterator:
-                batch.append(item)
-                if len(batch) == chunk:
-                    break
-            if batch:
-                pending.append(pool.submit(_map_chunk, fn, batch))
-            return bool(batch)
-
-        while len(pending) < 4 * workers and submit():
-            pass
+        pending: deque = deque(pool.submit(fn, item) for item in itertools.islice(iterator, 4 * workers))
         while pending:
-            results = pending.popleft().result()
-            submit()
-            yield from results
-
-
-def _map_chunk(fn: Callable, batch: list) -> list:
-    return [fn(item) for item in batch]
+            result = pending.popleft().result()
+            pending.extend(pool.submit(fn, item) for item in itertools.islice(iterator, 1))  # refill what was taken
+            yield result
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -317,19 +322,25 @@ def write_pack(
     statuses: Counter = Counter()
     skipped: list[dict] = []
     identities: list[PlannedIdentity] = []
-    in_flight: deque = deque()  # (planned, sample, last of its identity) awaiting results, in order
+    in_flight: deque = deque()  # each batch's segments (planned, samples, last of the identity), in order
     try:
-        samples = _track(stream, in_flight, identities)
-        prepared = ordered_map(functools.partial(prepare, encoding=encoding), samples, options.workers)
-        for result in prepared:
-            planned, sample, last = in_flight.popleft()
-            statuses[result.status] += 1
-            if result.payload is None:
-                skipped.append({"path": sample.rel, "status": result.status, "reason": result.reason})
-            else:
-                writer.add(planned.label, result.payload, planned.name, sample.rel, sample.source)
-            if last:
-                advance(1)
+        batches = _track(stream, in_flight, identities)
+        prepared = ordered_map(functools.partial(prepare_many, encoding=encoding), batches, options.workers)
+        for results in prepared:
+            statuses.update([result.status for result in results])
+            end = 0
+            for planned, samples, last in in_flight.popleft():
+                start, end = end, end + len(samples)
+                payloads = [result.payload for result in results[start:end]]
+                if None in payloads:  # skipped images: listed, and left out of the records
+                    skipped.extend({"path": s.rel, "status": r.status, "reason": r.reason}
+                                   for r, s in zip(results[start:end], samples) if r.payload is None)
+                    kept = [i for i, payload in enumerate(payloads) if payload is not None]
+                    payloads, samples = [payloads[i] for i in kept], [samples[i] for i in kept]
+                writer.add_many(planned.label, planned.name, payloads, [s.rel for s in samples],
+                                [s.source for s in samples])
+                if last:
+                    advance(1)
         num_classes = len(identities) if plan.identities is None else plan.num_classes
         hashes = writer.close(num_classes)
     except BaseException:
@@ -376,13 +387,24 @@ def _peek_size(stream, resize):
     return iter(peeked), None
 
 
-def _track(stream, in_flight: deque, identities: list[PlannedIdentity]) -> Iterator[str]:
-    """Yield sample paths for the workers, remembering (identity, sample, is-last) until each result comes back."""
+def _track(stream, in_flight: deque, identities: list[PlannedIdentity]) -> Iterator[list[str]]:
+    """Yield the sample paths in batches of about :data:`BATCH` (small identities joined, large ones split),
+    remembering each batch's segments (identity, its samples, last of the identity) until its results come back."""
+    segments: list[tuple[PlannedIdentity, list[Sample], bool]] = []
+    paths: list[str] = []
     for planned, samples in stream:
         identities.append(planned)
-        for i, sample in enumerate(samples):
-            in_flight.append((planned, sample, i == len(samples) - 1))
-            yield sample.path
+        for start in range(0, len(samples), BATCH):
+            chunk = samples[start : start + BATCH]
+            segments.append((planned, chunk, start + BATCH >= len(samples)))
+            paths += [sample.path for sample in chunk]
+            if len(paths) >= BATCH:
+                in_flight.append(segments)
+                yield paths
+                segments, paths = [], []
+    if segments:
+        in_flight.append(segments)
+        yield paths
 
 
 def _finish(out: Path, result: PackResult, labels: list[tuple[int, str, int]], meta: dict) -> None:
@@ -541,23 +563,28 @@ def pack_lst(lst: Path, root: Path, out: Path, options: PackOptions,
     statuses: Counter = Counter()
     skipped: list[dict] = []
     labels: set[float] = set()
-    in_flight: deque = deque()
+    in_flight: deque = deque()  # batches of rows awaiting results, in order
 
-    def paths() -> Iterator[str]:
-        for row in itertools.chain(head, rows):
-            in_flight.append(row)
-            yield str(Path(root) / row[2])
+    def batches() -> Iterator[list[str]]:
+        rows_left = itertools.chain(head, rows)
+        while batch := list(itertools.islice(rows_left, BATCH)):
+            in_flight.append(batch)
+            yield [str(Path(root) / rel) for _, _, rel in batch]
 
     with RecordWriter(out / f"{options.name}.rec", out / f"{options.name}.idx") as writer:
-        for result in ordered_map(functools.partial(prepare, encoding=encoding), paths(), options.workers):
-            key, label, rel = in_flight.popleft()
-            statuses[result.status] += 1
-            advance(1)
-            if result.payload is None:
-                skipped.append({"path": rel, "status": result.status, "reason": result.reason})
-                continue
-            labels.add(label)
-            writer.write(key, pack(IRHeader(0, label, key, 0), result.payload))
+        for results in ordered_map(functools.partial(prepare_many, encoding=encoding), batches(), options.workers):
+            keys, row_labels, payloads = [], [], []
+            for (key, label, rel), result in zip(in_flight.popleft(), results):
+                statuses[result.status] += 1
+                if result.payload is None:
+                    skipped.append({"path": rel, "status": result.status, "reason": result.reason})
+                else:
+                    keys.append(key)
+                    row_labels.append(label)
+                    payloads.append(result.payload)
+            labels.update(row_labels)
+            writer.write_images(keys, row_labels, payloads)
+            advance(len(results))
     files = {
         writer.rec_path.name: {"size": writer.rec_path.stat().st_size, "sha256": writer.rec_sha256},
         writer.idx_path.name: {"size": writer.idx_path.stat().st_size, "sha256": writer.idx_sha256},
