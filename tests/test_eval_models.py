@@ -114,6 +114,95 @@ def test_insightface_normalisation_rule(tmp_path, faces):
     np.testing.assert_allclose(plain.embed_batch(faces), expected.mean(axis=(1, 2)), rtol=1e-5, atol=1e-5)
 
 
+def _prelu_onnx(path):
+    """Convolutions, each followed by a PRelu whose slopes come the ways exports write them: an initializer, an
+    ``Identity`` of one (PyTorch shares tensors that way), a ``Constant`` node of shape (1, C, 1, 1), and a
+    scalar slope, which is not per channel. The slopes are negative, zero, one and above one."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = 16
+    slopes = rng.uniform(-1.5, 2.5, c).astype(np.float32)
+    slopes[:3] = (0.0, 1.0, -1.0)
+    constant = numpy_helper.from_array(slopes[::-1].reshape(1, c, 1, 1).copy(), "constant_slope")
+    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["data", "w1", "b1"], ["c1"], **conv),
+        helper.make_node("PRelu", ["c1", "slope"], ["p1"]),
+        helper.make_node("Identity", ["slope"], ["shared_slope"]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], **conv),
+        helper.make_node("PRelu", ["c2", "shared_slope"], ["p2"]),
+        helper.make_node("Constant", [], ["constant_slope"], value=constant),
+        helper.make_node("Conv", ["p2", "w2"], ["c3"], **conv),
+        helper.make_node("PRelu", ["c3", "constant_slope"], ["p3"]),
+        helper.make_node("PRelu", ["p3", "scalar_slope"], ["p4"]),
+        helper.make_node("GlobalAveragePool", ["p4"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["fc1"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32) / 100, "w1"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "b1"),
+        numpy_helper.from_array(slopes.reshape(c, 1, 1), "slope"),
+        numpy_helper.from_array((rng.standard_normal((c, c, 3, 3)) / 12).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.float32([0.25]), "scalar_slope"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "prelu_toy",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", c]),
+         helper.make_tensor_value_info("p4", TensorProto.FLOAT, ["N", c, 112, 112])],
+        initializers,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_prelu_rewrite_gives_the_same_bits(tmp_path, faces):
+    """``rewrite_prelu`` replaces every per-channel PRelu, and the graph computes exactly what it computed before."""
+    import onnx
+    import onnxruntime as ort
+
+    from facecli.onnxgraph import rewrite_prelu
+
+    path = _prelu_onnx(tmp_path / "prelu.onnx")
+    original = onnx.load(str(path))
+    assert rewrite_prelu(onnx.load(str(path)).graph) == 0  # input ranks unknown without shape inference
+    rewritten = onnx.shape_inference.infer_shapes(original)
+    assert rewrite_prelu(rewritten.graph) == 3
+    assert [n.op_type for n in rewritten.graph.node].count("PRelu") == 1  # the scalar slope stays
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                for m in (original, rewritten)]
+    pixels = (faces.transpose(0, 3, 1, 2).astype(np.float32) - 127.5) / 127.5
+    noise = np.random.default_rng(1).standard_normal((2, 3, 112, 112)).astype(np.float32) * 50
+    for blob in (pixels, noise):
+        expected, got = (s.run(None, {"data": blob}) for s in sessions)
+        assert all(np.array_equal(e, g) for e, g in zip(expected, got))
+
+
+def test_onnx_models_load_with_prelu_rewritten(tmp_path, checkpoint, faces, monkeypatch):
+    """load_model runs PRelu networks rewritten on the CPU, with the embeddings of the file as it is."""
+    import onnxruntime as ort
+
+    import facecli.onnxgraph
+
+    rewrites: list[int] = []
+    rewrite = facecli.onnxgraph.rewrite_prelu
+
+    def counting(graph):
+        rewrites.append(rewrite(graph))
+        return rewrites[-1]
+
+    monkeypatch.setattr(facecli.onnxgraph, "rewrite_prelu", counting)
+    for path, count in ((checkpoint["onnx"], 33), (_prelu_onnx(tmp_path / "prelu.onnx"), 3)):
+        model = load_model(path)
+        assert rewrites[-1] == count
+        blob = model.preprocess(faces)
+        plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert np.array_equal(model.forward(blob), plain.run(None, {model.input_name: blob})[0])
+
+
 def test_user_overrides_win_and_change_the_fingerprint(shared_dir, faces):
     path = shared_dir / "models" / "mobilefacenet_foamliu.onnx"
     default = load_model(path)
