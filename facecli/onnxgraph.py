@@ -13,7 +13,8 @@ values bit for bit: ``PRelu(x, s) = Relu(x) + DepthwiseConv1x1(Relu(DepthwiseCon
   ``0 + round(-s * -x) = round(s * x)``, PRelu's own product.
 
 A 1x1 depthwise convolution without bias computes one product per value, which is all that is needed here; only
-the sign of a zero can differ. onnxruntime fuses the ``Relu`` of the negated values into the negating convolution
+the sign of a zero can differ. A ``PRelu`` that is not on a 4-D image tensor (after a dense layer) is written as
+``Relu(x) + Min(x, 0) * s`` instead, also exact, as one of the two terms is always an exact zero. onnxruntime fuses the ``Relu`` of the negated values into the negating convolution
 and the ``Add`` into the scaling one. The identity holds for any slope (negative, above 1), unlike
 ``Max(x, s * x)``. Because the whole network now stays in the blocked layout, onnxruntime may also move a
 ``BatchNormalization`` that follows a ``PRelu`` into it (iresnet's first block), which changes that layer's
@@ -67,12 +68,13 @@ def known_ranks(graph: Any) -> dict[str, int]:
 
 
 def rewrite_prelu(graph: Any) -> int:
-    """Rewrite in place every per-channel ``PRelu`` of ``graph`` as the module docstring says; returns how many.
+    """Rewrite in place every ``PRelu`` of ``graph`` with constant slopes; returns how many.
 
-    Only a ``PRelu`` whose input the graph records as 4-D (NCHW) is rewritten, so run
-    ``onnx.shape_inference.infer_shapes`` on the model first. ``PRelu`` nodes with computed, scalar or
-    non-float32 slopes are left as they are."""
-    from onnx import helper, numpy_helper
+    A per-channel ``PRelu`` whose input the graph records as 4-D (NCHW; run ``onnx.shape_inference.infer_shapes``
+    on the model first) takes the depthwise form of the module docstring. Any other ``PRelu`` with constant
+    float32 slopes (after a dense layer, say) becomes ``Relu(x) + Min(x, 0) * s``, also exact: one of the two
+    terms is always an exact zero. ``PRelu`` nodes with computed slopes are left as they are."""
+    from onnx import TensorProto, helper, numpy_helper
 
     constants = constant_tensors(graph)
     ranks = known_ranks(graph)
@@ -80,16 +82,30 @@ def rewrite_prelu(graph: Any) -> int:
     minus_one: dict[int, str] = {}
     nodes, count = [], 0
     for node in graph.node:
-        is_image_prelu = node.op_type == "PRelu" and ranks.get(node.input[0]) == 4
-        slopes = per_channel_slopes(constants.get(node.input[1])) if is_image_prelu else None
-        if slopes is None:
+        slope_tensor = constants.get(node.input[1]) if node.op_type == "PRelu" else None
+        if slope_tensor is None or slope_tensor.data_type != TensorProto.FLOAT:
             nodes.append(node)
             continue
-        x, y, channels = node.input[0], node.output[0], len(slopes)
+        x, y = node.input[0], node.output[0]
         prefix = f"{node.name or y}/prelu_rewrite"
         while any(name.startswith(prefix) for name in names):
             prefix += "_"
         names.add(prefix)
+        count += 1
+        slopes = per_channel_slopes(slope_tensor) if ranks.get(x) == 4 else None
+        if slopes is None:
+            if "prelu_rewrite_zero" not in names:
+                names.add("prelu_rewrite_zero")
+                graph.initializer.append(numpy_helper.from_array(np.array(0, np.float32), "prelu_rewrite_zero"))
+            nodes += [
+                helper.make_node("Relu", [x], [f"{prefix}/positive"], name=f"{prefix}/relu"),
+                helper.make_node("Min", [x, "prelu_rewrite_zero"], [f"{prefix}/nonpositive"], name=f"{prefix}/min"),
+                helper.make_node("Mul", [f"{prefix}/nonpositive", node.input[1]], [f"{prefix}/negative"],
+                                 name=f"{prefix}/scale"),
+                helper.make_node("Add", [f"{prefix}/positive", f"{prefix}/negative"], [y], name=f"{prefix}/add"),
+            ]
+            continue
+        channels = len(slopes)
         if channels not in minus_one:
             minus_one[channels] = f"prelu_rewrite_minus_one_{channels}"
             graph.initializer.append(
@@ -107,7 +123,6 @@ def rewrite_prelu(graph: Any) -> int:
             ),
             helper.make_node("Add", [f"{prefix}/positive", f"{prefix}/negative"], [y], name=f"{prefix}/add"),
         ]
-        count += 1
     del graph.node[:]
     graph.node.extend(nodes)
     return count

@@ -160,25 +160,32 @@ def _prelu_onnx(path):
 
 
 def test_prelu_rewrite_gives_the_same_bits(tmp_path, faces):
-    """``rewrite_prelu`` replaces every per-channel PRelu, and the graph computes exactly what it computed before."""
+    """``rewrite_prelu`` replaces every PRelu with constant slopes, and the graph computes exactly what it did."""
     import onnx
     import onnxruntime as ort
 
     from facecli.onnxgraph import rewrite_prelu
 
+    def depthwise_convs(model):
+        return sum(n.op_type == "Conv" and any(a.name == "group" for a in n.attribute) for n in model.graph.node)
+
     path = _prelu_onnx(tmp_path / "prelu.onnx")
     original = onnx.load(str(path))
-    assert rewrite_prelu(onnx.load(str(path)).graph) == 0  # input ranks unknown without shape inference
-    rewritten = onnx.shape_inference.infer_shapes(original)
-    assert rewrite_prelu(rewritten.graph) == 3
-    assert [n.op_type for n in rewritten.graph.node].count("PRelu") == 1  # the scalar slope stays
+    generic = onnx.load(str(path))  # input ranks unknown without shape inference: the Relu/Min form everywhere
+    assert rewrite_prelu(generic.graph) == 4 and depthwise_convs(generic) == 0
+    shaped = onnx.shape_inference.infer_shapes(original)
+    assert rewrite_prelu(shaped.graph) == 4
+    assert depthwise_convs(shaped) == 2 * 3  # the scalar slope is not per channel: Relu/Min form
+    for model in (generic, shaped):
+        assert [n.op_type for n in model.graph.node].count("PRelu") == 0
     sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-                for m in (original, rewritten)]
+                for m in (original, generic, shaped)]
     pixels = (faces.transpose(0, 3, 1, 2).astype(np.float32) - 127.5) / 127.5
     noise = np.random.default_rng(1).standard_normal((2, 3, 112, 112)).astype(np.float32) * 50
     for blob in (pixels, noise):
-        expected, got = (s.run(None, {"data": blob}) for s in sessions)
-        assert all(np.array_equal(e, g) for e, g in zip(expected, got))
+        expected, *others = (s.run(None, {"data": blob}) for s in sessions)
+        for got in others:
+            assert all(np.array_equal(e, g) for e, g in zip(expected, got))
 
 
 def test_onnx_models_load_with_prelu_rewritten(tmp_path, checkpoint, faces, monkeypatch):
@@ -195,7 +202,7 @@ def test_onnx_models_load_with_prelu_rewritten(tmp_path, checkpoint, faces, monk
         return rewrites[-1]
 
     monkeypatch.setattr(facecli.onnxgraph, "rewrite_prelu", counting)
-    for path, count in ((checkpoint["onnx"], 33), (_prelu_onnx(tmp_path / "prelu.onnx"), 3)):
+    for path, count in ((checkpoint["onnx"], 33), (_prelu_onnx(tmp_path / "prelu.onnx"), 4)):
         model = load_model(path)
         assert rewrites[-1] == count
         blob = model.preprocess(faces)
