@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Iterator
 
 
-def _current_umask() -> int:
+def new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file under the current umask (``mkstemp`` would give 0600)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
@@ -30,7 +31,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    os.chmod(tmp_path, new_file_mode())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, target)

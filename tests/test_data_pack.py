@@ -335,3 +335,23 @@ def test_jpeg_size_from_headers_matches_pil(shared_dir, tmp_path):
     for blob in blobs:
         assert jpeg_size(blob) == Image.open(io.BytesIO(blob)).size
     assert jpeg_size(b"\x89PNG\r\n") is None and jpeg_size(blobs[0][:10]) is None
+
+
+def test_outputs_get_the_usual_file_permissions(tmp_path, jpegs):
+    """Every output, records.csv included (streamed through a mkstemp file), gets 0666 minus the umask."""
+    import os
+    import stat
+
+    from facecli.fileio import new_file_mode
+
+    src = tmp_path / "src"
+    for i in range(4):
+        _write(src / f"id{i % 2}" / f"{i}.jpg", jpegs[i])
+    old = os.umask(0o022)
+    try:
+        _pack(src, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert new_file_mode() == 0o666 & ~old
+    for name in OUTPUTS:
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o644, name

@@ -36,7 +36,7 @@ from facecli.data.layouts import Identity, Layout, Sample, Selection
 from facecli.data.payloads import Encoding, prepare_many, probe
 from facecli.data.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack, write_property
 from facecli.errors import UsageError
-from facecli.fileio import atomic_write_text
+from facecli.fileio import atomic_write_text, new_file_mode
 
 LAYOUTS_OUT = ("ms1m", "flat")
 REC_NAME = "train"
@@ -164,6 +164,7 @@ class DatasetWriter:
         self.writer = RecordWriter(out / f"{name}.rec", out / f"{name}.idx")
         self._records_path = out / records_name
         fd, tmp = tempfile.mkstemp(prefix=f".{records_name}.", suffix=".tmp", dir=out)
+        os.chmod(tmp, new_file_mode())  # a finished records.csv gets the permissions of the other outputs
         self._records_tmp = Path(tmp)
         self._records_fh = open(fd, "w", newline="", encoding="utf-8")
         self._records = csv.writer(self._records_fh, lineterminator="\n")
