@@ -481,7 +481,16 @@ class RecordWriter:
     def write_images(self, keys: Sequence[int], labels: Sequence[float], payloads: Sequence[bytes]) -> None:
         """``write(key, pack(IRHeader(0, label, key, 0), payload))`` for a batch: framing, ``.idx`` lines and
         hashing once per batch instead of once per image."""
-        framed, sizes = frame_images(keys, labels, payloads)
+        self._append(keys, *frame_images(keys, labels, payloads))
+
+    def write_framed(self, key: int, framed: bytes) -> int:
+        """Append bytes that are already framed (copied from another ``.rec``); returns the offset."""
+        offset = self.tell
+        self._append([key], framed, [len(framed)])
+        return offset
+
+    def _append(self, keys: Sequence[int], framed: bytes, sizes: Sequence[int]) -> None:
+        """Write framed records of the given sizes, in order, and their ``.idx`` lines (key, byte offset)."""
         offsets = itertools.accumulate(sizes, initial=self.tell)
         lines = "".join([f"{int(key)}\t{offset}\n" for key, offset in zip(keys, offsets)])
         self._rec.write(framed)
@@ -489,17 +498,6 @@ class RecordWriter:
         self._idx_hash.update(lines.encode("ascii"))
         self.tell += len(framed)
         self.count += len(sizes)
-
-    def write_framed(self, key: int, framed: bytes) -> int:
-        """Append bytes that are already framed (copied from another ``.rec``); returns the offset."""
-        offset = self.tell
-        line = f"{int(key)}\t{offset}\n"
-        self._rec.write(framed)
-        self._idx.write(line)
-        self._idx_hash.update(line.encode("ascii"))
-        self.tell += len(framed)
-        self.count += 1
-        return offset
 
     @property
     def rec_sha256(self) -> str:
