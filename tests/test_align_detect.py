@@ -155,3 +155,18 @@ def test_scrfd_refuses_a_model_that_is_not_a_detector(shared_dir):
     """A real ONNX model of the wrong kind (the recognition model in ../shared) is a clear usage error."""
     with pytest.raises(UsageError, match="not an insightface SCRFD/RetinaFace detection model|cannot load"):
         DETECTORS.build("scrfd", model_path=shared_dir / "models" / "mobilefacenet_foamliu.onnx")
+
+
+@pytest.mark.parametrize("method", ["union", "min"])
+def test_nms_matrix_and_loop_keep_the_same_boxes(method, monkeypatch):
+    from facecli.align.detectors import mtcnn
+
+    rng = np.random.default_rng(3)
+    corners = np.fix(rng.uniform(0, 200, (300, 2)))
+    sizes = np.fix(rng.uniform(-2, 60, (300, 2)))  # some boxes degenerate (no area)
+    boxes = np.hstack([corners, corners + sizes, rng.random((300, 1))])
+    matrix = mtcnn.nms(boxes, 0.5, method)
+    monkeypatch.setattr(mtcnn, "_NMS_MATRIX_MAX", 0)
+    loop = mtcnn.nms(boxes, 0.5, method)
+    assert 20 < len(matrix) < 300
+    assert np.array_equal(matrix, loop)

@@ -142,22 +142,19 @@ def nms(boxes: np.ndarray, threshold: float, method: str = "union") -> np.ndarra
     """
     if boxes.shape[0] == 0:
         return np.empty(0, dtype=np.int64)
-    x1, y1, x2, y2, score = (boxes[:, i] for i in range(5))
-    area = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(score)
-    if boxes.shape[0] > _NMS_MATRIX_MAX:
-        return _nms_loop(x1, y1, x2, y2, area, order, threshold, method)
-    w = np.maximum(0.0, np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :]) + 1)
-    h = np.maximum(0.0, np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :]) + 1)
-    inter = w * h
-    with np.errstate(divide="ignore", invalid="ignore"):  # degenerate boxes: NaN suppresses, as in the loop
-        if method == "min":
-            overlap = inter / np.minimum(area[:, None], area[None, :])
-        else:
-            overlap = inter / (area[:, None] + area[None, :] - inter)
-    suppresses = ~(overlap <= threshold)
-    removed = np.zeros(len(order), dtype=bool)
+    corners = boxes[:, :4]
+    area = (corners[:, 2] - corners[:, 0] + 1) * (corners[:, 3] - corners[:, 1] + 1)
+    order = np.argsort(boxes[:, 4])
     keep = []
+    if boxes.shape[0] > _NMS_MATRIX_MAX:
+        while order.size > 0:
+            best, rest = order[-1], order[:-1]
+            keep.append(best)
+            order = rest[_overlap(corners, area, best, rest, method) <= threshold]
+        return np.asarray(keep, dtype=np.int64)
+    every = np.arange(len(order))
+    suppresses = ~(_overlap(corners, area, every[:, None], every[None, :], method) <= threshold)  # NaN suppresses
+    removed = np.zeros(len(order), dtype=bool)
     for best in order[::-1]:
         if not removed[best]:
             keep.append(best)
@@ -165,22 +162,17 @@ def nms(boxes: np.ndarray, threshold: float, method: str = "union") -> np.ndarra
     return np.asarray(keep, dtype=np.int64)
 
 
-def _nms_loop(x1, y1, x2, y2, area, order, threshold: float, method: str) -> np.ndarray:
-    keep = []
-    while order.size > 0:
-        best = order[-1]
-        keep.append(best)
-        rest = order[:-1]
-        w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
-        inter = w * h
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if method == "min":
-                overlap = inter / np.minimum(area[best], area[rest])
-            else:
-                overlap = inter / (area[best] + area[rest] - inter)
-        order = rest[overlap <= threshold]
-    return np.asarray(keep, dtype=np.int64)
+def _overlap(corners: np.ndarray, area: np.ndarray, a, b, method: str) -> np.ndarray:
+    """Overlap of boxes ``a`` with boxes ``b`` (index arrays that broadcast against each other): intersection over
+    union, or over the smaller area for ``method="min"``; NaN for degenerate boxes of no area."""
+    x1, y1, x2, y2 = corners.T
+    w = np.maximum(0.0, np.minimum(x2[a], x2[b]) - np.maximum(x1[a], x1[b]) + 1)
+    h = np.maximum(0.0, np.minimum(y2[a], y2[b]) - np.maximum(y1[a], y1[b]) + 1)
+    inter = w * h
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if method == "min":
+            return inter / np.minimum(area[a], area[b])
+        return inter / (area[a] + area[b] - inter)
 
 
 def _square(boxes: np.ndarray) -> np.ndarray:
