@@ -370,7 +370,7 @@ def _file_size(job: Job) -> int:
 
 
 def _worker_context() -> Any:
-    """The multiprocessing context for workers; its fork server starts now, in the background.
+    """The multiprocessing context for the pool; its fork server starts now, in the background.
 
     Never plain fork: the caller may already run OpenCV/onnxruntime threads (a library user, the test suite), and a
     child forked while one of them holds a lock hangs. A fork server is a fresh process; preloading this module and
@@ -390,12 +390,15 @@ def _worker_context() -> Any:
 
 
 @contextlib.contextmanager
-def _results(jobs: list[Job], options: AlignOptions, workers: int) -> Iterator[Iterator[FileResult]]:
+def _results(
+    jobs: list[Job], options: AlignOptions, workers: int, ctx: Any
+) -> Iterator[Iterator[FileResult]]:
     """Results computed here in job order (1 worker), or shared between this process and a pool, as they finish.
 
-    With N workers, N - 1 are pool processes and this process is the N-th. The pool starts on a background thread
-    (about a second: a fork server that imports the detector's runtime) while this process begins on the smallest
-    files; the pool then works through the biggest files first, so one huge photo does not finish last on one core.
+    With N workers, N - 1 are pool processes (from ``ctx``, see :func:`_worker_context`) and this process is the
+    N-th. The pool starts on a background thread (about a second: a fork server that imports the detector's
+    runtime) while this process begins on the smallest files; the pool then works through the biggest files first,
+    so one huge photo does not finish last on one core.
     """
     if workers <= 1 or len(jobs) <= 1:
         detector = _make_detector(options)
@@ -403,7 +406,6 @@ def _results(jobs: list[Job], options: AlignOptions, workers: int) -> Iterator[I
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    ctx = _worker_context()
     size = min(workers - 1, len(jobs) - 1)
     with ThreadPoolExecutor(1) as starter, _opencv_threads(1):
         pool_future = starter.submit(ctx.Pool, size, initializer=_init_worker, initargs=(options,))
@@ -505,10 +507,11 @@ def align_folder(
     )
     options.validate()
     started = time.perf_counter()
+    ctx = None
     if workers > 1:
         # Start the fork server now; while it imports the detector's runtime on one core, this process imports
         # pandas for the manifest and walks the tree on the other.
-        _worker_context()
+        ctx = _worker_context()
         import pandas  # noqa: F401
     all_jobs, ignored = plan_jobs(raw)
     jobs = all_jobs[shard_index::num_shards]
@@ -529,7 +532,7 @@ def align_folder(
     processed = 0
     cpu_seconds = 0.0
     try:
-        with _results(todo, options, workers) as results, progress(len(jobs)) as advance:
+        with _results(todo, options, workers, ctx) as results, progress(len(jobs)) as advance:
             advance(len(jobs) - len(todo))
             for result in results:
                 for name, data in result.files:
