@@ -7,7 +7,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 
 from facecli.errors import UsageError
 from facecli.train.clean import find_noisy, suspicious_csv, write_suspicious_csv

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-import facecli.nn.groupface  # noqa: F401  (registers the "groupface" neck)
 from facecli.errors import UsageError
 from facecli.nn.backbones import NECKS
 from facecli.nn.groupface import GroupFace, self_distributed_labels

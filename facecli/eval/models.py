@@ -239,7 +239,6 @@ def load_onnx(
 ) -> OnnxEmbeddingModel:
     """An ONNX model with its preprocessing decided as the module docstring says."""
     import onnx
-    import onnxruntime as ort
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
