@@ -9,7 +9,7 @@ import pytest
 from facecli.errors import CorruptFileError, UsageError
 from facecli.eval import embed, load_model
 from facecli.eval.embed import embed_with_flip
-from facecli.eval.models import OnnxEmbeddingModel, parse_channels
+from facecli.eval.models import OnnxEmbeddingModel, default_batch_size, parse_channels
 
 IMAGENET_MEAN = "123.675,116.28,103.53"
 IMAGENET_STD = "58.395,57.12,57.375"
@@ -71,6 +71,13 @@ def test_facecli_onnx_reads_its_metadata(checkpoint, faces):
     assert info["preprocessing_from"] == "facecli metadata" and info["architecture"] == "mobilefacenet"
     assert model.fixed_batch is None and model.embedding_size == 128
     np.testing.assert_allclose(model.embed_batch(faces), torch_reference(checkpoint["net"], faces), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_size_defaults_to_the_device_and_yields_to_the_user(checkpoint):
+    assert (default_batch_size("cpu"), default_batch_size("CUDA:1"), default_batch_size("tensorrt")) == (8, 64, 64)
+    assert load_model(checkpoint["onnx"]).batch_size == 8
+    assert load_model(checkpoint["pth"]).batch_size == 8
+    assert load_model(checkpoint["onnx"], batch_size=100).batch_size == 100
 
 
 def test_same_embeddings_as_insightface_arcface_onnx(checkpoint, faces):

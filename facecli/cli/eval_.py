@@ -110,7 +110,9 @@ def eval_command(
         Optional[bool],
         typer.Option("--bgr/--rgb", help="Channel order the model expects (default: from the model)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Faces per network call.")] = 64,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", min=1, show_default=False, help="Faces per network call (default: 8 on CPU, 64 on GPU).")
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Threads decoding/aligning images.")] = 4,
     device: Annotated[
         str,

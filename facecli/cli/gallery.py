@@ -29,7 +29,7 @@ MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Input mean in 0-
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="Input std in 0-255 pixel units (one or per channel).")]
 BgrOpt = Annotated[Optional[bool], typer.Option("--bgr/--rgb", help="Colour order the model expects.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Faces per forward pass.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, show_default=False, help="Faces per network call (default: 8 on CPU, 64 on GPU).")]
 AlignOpt = Annotated[
     Optional[bool],
     typer.Option("--align/--no-align", help="Detect and align faces in raw photos (default: as the gallery was built)."),
@@ -118,7 +118,7 @@ def build(
         ),
     ] = None,
     device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = 64,
+    batch_size: BatchOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
@@ -179,7 +179,7 @@ def calibrate(
     align: AlignOpt = None,
     select: SelectOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = 64,
+    batch_size: BatchOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
@@ -269,7 +269,7 @@ def search(
     align: AlignOpt = None,
     select: SelectOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = 64,
+    batch_size: BatchOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
@@ -329,7 +329,7 @@ def evaluate(
     align: AlignOpt = None,
     select: SelectOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = 64,
+    batch_size: BatchOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
@@ -389,7 +389,7 @@ def add(
     align: AlignOpt = None,
     select: SelectOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = 64,
+    batch_size: BatchOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,

@@ -98,7 +98,7 @@ def embed_images(
     items: list[FaceImage],
     align: AlignSettings,
     flip: str = "sum",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     advance: Callable[[int], None] = lambda n: None,
 ) -> Embedded:
     """Embed every image of ``items`` with ``model`` (a :func:`facecli.eval.load_model` model), chunk by chunk."""

@@ -40,7 +40,7 @@ def open_model(
     std: Any = None,
     bgr: bool | None = None,
     device: str = "cpu",
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> tuple[Any, str]:
     """Load ``spec`` (or, without one, the model the gallery was built with) and check it against the gallery.
 
@@ -103,7 +103,7 @@ def build_gallery(
     flip: str = "sum",
     weighting: str = "none",
     dtype: str = "float32",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     advance: Advance = lambda n: None,
     quality_threshold: float | None = None,
 ) -> Enrolment:
@@ -126,7 +126,7 @@ def build_gallery(
 
 
 def add_to_gallery(
-    gallery: Gallery, images: Path, model: Any, align: AlignSettings, batch_size: int = 64, advance: Advance = lambda n: None
+    gallery: Gallery, images: Path, model: Any, align: AlignSettings, batch_size: int | None = None, advance: Advance = lambda n: None
 ) -> Enrolment:
     """Enrol more images (new people or more photos of enrolled ones); already enrolled files are skipped."""
     items = list_images(images)
@@ -169,7 +169,7 @@ def embed_probes(
     root: Path,
     model: Any,
     align: AlignSettings,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     advance: Advance = lambda n: None,
     strangers: bool = False,
 ) -> Probes:
@@ -194,7 +194,7 @@ def calibrate_gallery(gallery: Gallery, impostors: Probes, target: float, metric
 
 
 def calibrate_gallery_on_pairs(
-    gallery: Gallery, pairs: Path, model: Any, target: float, batch_size: int = 64, advance: Advance = lambda n: None
+    gallery: Gallery, pairs: Path, model: Any, target: float, batch_size: int | None = None, advance: Advance = lambda n: None
 ) -> tuple[Gallery, Calibration]:
     """Per-comparison FAR threshold from the impostor pairs of a verification ``.bin`` (aligned crops)."""
     from facecli.data.benchmarks import load_bin
