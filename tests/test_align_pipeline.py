@@ -111,6 +111,19 @@ def test_unicode_tree_is_mirrored_and_workers_match(lfw_tree, tmp_path):
     pd.testing.assert_frame_equal(m1, m2)
 
 
+def test_workers_default_to_the_cores_for_large_runs_only(insightface_t1, tmp_path, monkeypatch):
+    from facecli.align import pipeline
+
+    monkeypatch.setattr(pipeline, "usable_cpus", lambda: 4)
+    assert [pipeline.auto_workers(n) for n in (1, 63, 64, 5000)] == [1, 1, 4, 4]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(insightface_t1, raw / "t1.jpg")
+    assert align_folder(raw, tmp_path / "out")["workers"] == 1  # one file: no pool to wait for
+    with pytest.raises(UsageError, match="at least 1"):
+        align_folder(raw, tmp_path / "out2", workers=0)
+
+
 def test_select_all_names_every_face(insightface_t1, tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

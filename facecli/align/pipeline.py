@@ -8,6 +8,8 @@ The shape of a run, and why:
 * **Skip what is done.** Without ``--overwrite``, a file whose crops already exist and decode is not processed
   again; its row comes back from the previous manifest (status ``skipped_existing``), so the manifest is complete
   after a resume.
+* **Use the machine.** By default a run of at least ``AUTO_WORKERS_MIN_FILES`` files uses one process per CPU
+  core it may run on; smaller runs stay in this process, as a pool would not be up before they end.
 * **Compute in workers, write in one place.** With ``--workers N`` this process is one of the N: it starts at
   once on the smallest files while N - 1 pool processes start up and then take the biggest files first, so one
   huge photo does not leave the others idle at the end. Pool processes return encoded crops and manifest rows;
@@ -322,6 +324,23 @@ def _already_done(job: Job, out: Path, options: AlignOptions, previous: list[dic
 
 # ---------------------------------------------------------------------------------------------- workers
 
+# Starting the pool takes about a second (a fork server importing the detector's runtime) while this process
+# already works; below this many files (about a second of work for small photos) the pool would arrive too late.
+AUTO_WORKERS_MIN_FILES = 64
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def auto_workers(files: int) -> int:
+    """``--workers`` when not given: one per usable core for runs of at least ``AUTO_WORKERS_MIN_FILES`` files."""
+    return usable_cpus() if files >= AUTO_WORKERS_MIN_FILES else 1
+
+
 _WORKER: dict[str, Any] = {}
 
 
@@ -479,18 +498,19 @@ def align_folder(
     landmarks: str | Path | None = None,
     assume_aligned: bool = False,
     overwrite: bool = False,
-    workers: int = 1,
+    workers: int | None = None,
     shard: str | None = None,
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Align every image under ``raw`` into ``out``; returns the run summary (counts per status, speed, paths).
 
     ``detector_options`` go to the detector's builder (MTCNN: ``min_face_size``, ``thresholds``, ``factor``;
-    SCRFD: ``model_path``). ``shard`` is ``"I/N"``; without it ``RANK``/``WORLD_SIZE`` are honoured.
+    SCRFD: ``model_path``). ``shard`` is ``"I/N"``; without it ``RANK``/``WORLD_SIZE`` are honoured. ``workers``
+    defaults to :func:`auto_workers` of the shard's file count.
     """
     raw, out = check_folders(Path(raw), Path(out))
     shard_index, num_shards = parse_shard(shard)
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     options = AlignOptions(
         size=int(size),
@@ -507,14 +527,15 @@ def align_folder(
     )
     options.validate()
     started = time.perf_counter()
+    all_jobs, ignored = plan_jobs(raw)
+    jobs = all_jobs[shard_index::num_shards]
+    workers = workers or auto_workers(len(jobs))
     ctx = None
     if workers > 1:
         # Start the fork server now; while it imports the detector's runtime on one core, this process imports
-        # pandas for the manifest and walks the tree on the other.
+        # pandas for the manifest and reads the previous manifest on the other.
         ctx = _worker_context()
         import pandas  # noqa: F401
-    all_jobs, ignored = plan_jobs(raw)
-    jobs = all_jobs[shard_index::num_shards]
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / manifest_name(shard_index, num_shards)
     previous = {} if overwrite else _previous_rows(out, list(dict.fromkeys([MANIFEST_NAME, manifest_path.name])))

@@ -83,7 +83,14 @@ def align_command(
     ] = None,
     assume_aligned: Annotated[bool, typer.Option("--assume-aligned", help="Inputs are aligned: only resize.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo files whose crops already exist.")] = False,
-    workers: Annotated[int, typer.Option(help="Worker processes (output identical to 1).")] = 1,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            show_default=False,
+            help="Worker processes, output identical to 1 (default: one per CPU core from 64 files on, else 1).",
+        ),
+    ] = None,
     shard: Annotated[
         Optional[str], typer.Option(help="Do shard I/N (0-based) of the sorted files; default RANK/WORLD_SIZE.")
     ] = None,
