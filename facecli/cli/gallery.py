@@ -237,6 +237,15 @@ def calibrate(
     ui.result(data, render)
 
 
+def _score_text(score: float) -> str:
+    """A float32 score written with the digits of its exact value, so that comparing the CSV's score with the
+    gallery's threshold (also a float32) gives the search's decision, even one float32 step away from it. Fewer
+    digits (``%.6f``, or even the shortest text that reads back as the same float32) can land on the wrong side."""
+    import numpy as np
+
+    return repr(float(np.float32(score)))
+
+
 def _write_results(path: Path, records: list[dict[str, Any]]) -> None:
     from facecli.fileio import atomic_write_text
 
@@ -248,9 +257,9 @@ def _write_results(path: Path, records: list[dict[str, Any]]) -> None:
     k = max((len(r["top_k"]) for r in records), default=0)
     writer.writerow(["probe", "status", "decision", "score"] + [f"{c}{i + 1}" for i in range(k) for c in ("match", "score")])
     for r in records:
-        row = [r["probe"], r["status"], r["decision"] or "", "" if r["score"] is None else f"{r['score']:.6f}"]
+        row = [r["probe"], r["status"], r["decision"] or "", "" if r["score"] is None else _score_text(r["score"])]
         for match in r["top_k"]:
-            row += [match["identity"], f"{match['score']:.6f}"]
+            row += [match["identity"], _score_text(match["score"])]
         writer.writerow(row)
     atomic_write_text(path, buffer.getvalue())
 
