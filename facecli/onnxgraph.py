@@ -1,4 +1,4 @@
-"""Exact rewrites of ONNX graphs that let onnxruntime's CPU provider run them faster.
+"""Rewrites of ONNX graphs that let onnxruntime's CPU provider run them faster, computing the same function.
 
 Face networks (iresnet, MobileFaceNet, MTCNN) put a per-channel ``PRelu`` after most convolutions. onnxruntime's
 CPU ``PRelu`` broadcasts its slopes slowly, and it is not one of the operators that its NCHWc layout optimiser
@@ -19,6 +19,10 @@ and the ``Add`` into the scaling one. The identity holds for any slope (negative
 ``Max(x, s * x)``. Because the whole network now stays in the blocked layout, onnxruntime may also move a
 ``BatchNormalization`` that follows a ``PRelu`` into it (iresnet's first block), which changes that layer's
 rounding: embeddings then differ from the original graph's by about 1e-6 relative.
+
+:func:`split_pair_groups` takes the one layer of insightface's MobileFaceNet that onnxruntime cannot block, a
+convolution in groups of two channels, and writes it as depthwise convolutions on the even and odd channels: the
+same sums added in another order (about 1e-7 relative), about 1.2x faster on the whole network.
 """
 
 from __future__ import annotations
@@ -125,4 +129,136 @@ def rewrite_prelu(graph: Any) -> int:
         ]
     del graph.node[:]
     graph.node.extend(nodes)
+    return count
+
+
+def _attributes(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {attr.name: helper.get_attribute_value(attr) for attr in node.attribute}
+
+
+def split_pair_groups(graph: Any) -> int:
+    """Rewrite every ``Conv → PRelu → Conv(2 channels per group) → PRelu → Conv`` run in place; returns how many.
+
+    MobileFaceNet as insightface trains it (arcface_torch's ``mbf``, ``w600k_mbf.onnx``) opens with a 3x3
+    convolution of 64 groups of 2 channels on the largest feature map. onnxruntime's blocked layout takes only
+    dense and depthwise convolutions, so this one runs in plain NCHW, with a reorder on each side: about a sixth
+    of the network's time. Split by channel parity it needs no grouping at all. With ``E``/``O`` the even/odd
+    channels of the first convolution (two convolutions of half the outputs), the grouped layer is
+    ``even = dw(E, w[0::2, 0]) + dw(O, w[0::2, 1])`` and ``odd = dw(E, w[1::2, 0]) + dw(O, w[1::2, 1])``: four
+    depthwise convolutions whose sums onnxruntime fuses into them. The halves are concatenated as
+    ``[even | odd]`` and the next convolution takes its input channels in that order. All of it stays in the
+    blocked layout (about 1.2x faster on real faces). The sums are the same products added in another order, so
+    results differ from the original graph by about 1e-7 relative (float rounding), not bit for bit.
+
+    Only runs whose intermediate tensors each feed just the next node qualify; the slopes and weights must be
+    constants, the first and last convolutions ungrouped.
+    """
+    from onnx import helper, numpy_helper
+
+    constants = constant_tensors(graph)
+    graph_outputs = {value.name for value in graph.output}
+    producer = {name: node for node in graph.node for name in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def sole_consumer(tensor: str) -> Any | None:
+        users = consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and tensor not in graph_outputs else None
+
+    def array(name: str) -> np.ndarray | None:
+        tensor = constants.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+
+    def dense_conv(node: Any) -> bool:
+        if node is None or node.op_type != "Conv":
+            return False
+        return _attributes(node).get("group", 1) == 1 and array(node.input[1]) is not None
+
+    replaced: dict[int, list[Any]] = {}  # id of the first convolution → the nodes that replace the run
+    dropped: set[int] = set()
+    count = 0
+    for grouped in graph.node:
+        attrs = _attributes(grouped) if grouped.op_type == "Conv" else {}
+        groups = attrs.get("group", 1)
+        weight = array(grouped.input[1]) if groups > 1 else None
+        if weight is None or weight.ndim != 4 or weight.shape[:2] != (2 * groups, 2):
+            continue
+        channels = 2 * groups
+        before = producer.get(grouped.input[0])
+        after = sole_consumer(grouped.output[0])
+        if before is None or before.op_type != "PRelu" or after is None or after.op_type != "PRelu":
+            continue
+        first, last = producer.get(before.input[0]), sole_consumer(after.output[0])
+        if not (dense_conv(first) and dense_conv(last)) or id(first) in replaced or id(first) in dropped:
+            continue
+        if sole_consumer(first.output[0]) is not before or sole_consumer(before.output[0]) is not grouped:
+            continue
+        slopes_in = per_channel_slopes(constants.get(before.input[1]))
+        slopes_out = per_channel_slopes(constants.get(after.input[1]))
+        first_weight = array(first.input[1])
+        first_bias = array(first.input[2]) if len(first.input) > 2 and first.input[2] else None
+        bias = array(grouped.input[2]) if len(grouped.input) > 2 and grouped.input[2] else None
+        last_weight = array(last.input[1])
+        if slopes_in is None or slopes_out is None or len(slopes_in) != channels or len(slopes_out) != channels:
+            continue
+        if first_weight.shape[0] != channels or last_weight.shape[1] != channels:
+            continue
+        if (len(grouped.input) > 2 and grouped.input[2] and bias is None) or (
+            len(first.input) > 2 and first.input[2] and first_bias is None
+        ):
+            continue
+        count += 1
+        prefix = f"{grouped.name or grouped.output[0]}/pair_split"
+
+        def constant(name: str, value: np.ndarray) -> str:
+            tensor = numpy_helper.from_array(np.ascontiguousarray(value, np.float32), f"{prefix}/{name}")
+            graph.initializer.append(tensor)
+            return tensor.name
+
+        def node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
+            return helper.make_node(op, inputs, [f"{prefix}/{output}"], name=f"{prefix}/{output}", **attributes)
+
+        first_attrs = _attributes(first)
+        depthwise = {**attrs, "group": groups}
+        nodes = []
+        parities = {"even": slice(0, None, 2), "odd": slice(1, None, 2)}
+        for parity, rows in parities.items():  # E and O: the first convolution's even and odd output channels
+            inputs = [first.input[0], constant(f"{parity}/weight", first_weight[rows])]
+            if first_bias is not None:
+                inputs.append(constant(f"{parity}/bias", first_bias[rows]))
+            nodes.append(node("Conv", inputs, parity, **first_attrs))
+            slope = constant(f"{parity}/slope", slopes_in[rows].reshape(-1, 1, 1))
+            nodes.append(node("PRelu", [f"{prefix}/{parity}", slope], f"{parity}_act"))
+        for parity, rows in parities.items():  # the grouped layer's even and odd outputs from E and O
+            from_even = [f"{prefix}/even_act", constant(f"{parity}_out/from_even", weight[rows, 0:1])]
+            if bias is not None:
+                from_even.append(constant(f"{parity}_out/bias", bias[rows]))
+            from_odd = [f"{prefix}/odd_act", constant(f"{parity}_out/from_odd", weight[rows, 1:2])]
+            out = f"{prefix}/{parity}_out"
+            slope = constant(f"{parity}_out/slope", slopes_out[rows].reshape(-1, 1, 1))
+            nodes += [
+                node("Conv", from_even, f"{parity}_out/a", **depthwise),
+                node("Conv", from_odd, f"{parity}_out/b", **depthwise),
+                node("Add", [f"{out}/b", f"{out}/a"], f"{parity}_out"),
+                node("PRelu", [out, slope], f"{parity}_out_act"),
+            ]
+        nodes.append(node("Concat", [f"{prefix}/even_out_act", f"{prefix}/odd_out_act"], "halves", axis=1))
+        order = np.concatenate([np.arange(0, channels, 2), np.arange(1, channels, 2)])
+        last.input[0] = f"{prefix}/halves"
+        last.input[1] = constant("next_weight", last_weight[:, order])
+        replaced[id(first)] = nodes
+        dropped.update({id(before), id(grouped), id(after)})
+    if count:
+        rebuilt = []
+        for node in graph.node:
+            if id(node) in replaced:
+                rebuilt += replaced[id(node)]
+            elif id(node) not in dropped:
+                rebuilt.append(node)
+        del graph.node[:]
+        graph.node.extend(rebuilt)
     return count

@@ -209,12 +209,18 @@ def test_onnx_models_load_with_prelu_rewritten(tmp_path, checkpoint, faces, monk
         return rewrites[-1]
 
     monkeypatch.setattr(facecli.onnxgraph, "rewrite_prelu", counting)
-    for path, count in ((checkpoint["onnx"], 33), (_prelu_onnx(tmp_path / "prelu.onnx"), 4)):
+    # MobileFaceNet: its grouped layer is split (its two PRelus become four, sums in another order); the other:
+    # bit for bit
+    for path, count, exact in ((checkpoint["onnx"], 35, False), (_prelu_onnx(tmp_path / "prelu.onnx"), 4, True)):
         model = load_model(path)
         assert rewrites[-1] == count
         blob = model.preprocess(faces)
         plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        assert np.array_equal(model.forward(blob), plain.run(None, {model.input_name: blob})[0])
+        ours, theirs = model.forward(blob), plain.run(None, {model.input_name: blob})[0]
+        if exact:
+            assert np.array_equal(ours, theirs)
+        else:
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
 
 
 def test_user_overrides_win_and_change_the_fingerprint(shared_dir, faces):
