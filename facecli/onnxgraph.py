@@ -159,13 +159,15 @@ def split_pair_groups(graph: Any) -> int:
 
     constants = constant_tensors(graph)
     graph_outputs = {value.name for value in graph.output}
-    producer = {name: node for node in graph.node for name in node.output}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
+    # Nodes are referred to by their position: protobuf may hand out a new Python object on every access.
+    nodes_in = list(graph.node)
+    producer = {name: k for k, node in enumerate(nodes_in) for name in node.output}
+    consumers: dict[str, list[int]] = {}
+    for k, node in enumerate(nodes_in):
         for name in node.input:
-            consumers.setdefault(name, []).append(node)
+            consumers.setdefault(name, []).append(k)
 
-    def sole_consumer(tensor: str) -> Any | None:
+    def sole_consumer(tensor: str) -> int | None:
         users = consumers.get(tensor, [])
         return users[0] if len(users) == 1 and tensor not in graph_outputs else None
 
@@ -173,44 +175,45 @@ def split_pair_groups(graph: Any) -> int:
         tensor = constants.get(name)
         return None if tensor is None else numpy_helper.to_array(tensor)
 
-    def dense_conv(node: Any) -> bool:
-        if node is None or node.op_type != "Conv":
-            return False
-        return _attributes(node).get("group", 1) == 1 and array(node.input[1]) is not None
+    def is_op(k: int | None, op: str) -> bool:
+        return k is not None and nodes_in[k].op_type == op
 
-    replaced: dict[int, list[Any]] = {}  # id of the first convolution → the nodes that replace the run
+    def dense_conv(k: int | None) -> bool:
+        if not is_op(k, "Conv"):
+            return False
+        return _attributes(nodes_in[k]).get("group", 1) == 1 and array(nodes_in[k].input[1]) is not None
+
+    replaced: dict[int, list[Any]] = {}  # position of the first convolution → the nodes that replace the run
     dropped: set[int] = set()
     count = 0
-    for grouped in graph.node:
+    for g, grouped in enumerate(nodes_in):
         attrs = _attributes(grouped) if grouped.op_type == "Conv" else {}
         groups = attrs.get("group", 1)
         weight = array(grouped.input[1]) if groups > 1 else None
         if weight is None or weight.ndim != 4 or weight.shape[:2] != (2 * groups, 2):
             continue
         channels = 2 * groups
-        before = producer.get(grouped.input[0])
-        after = sole_consumer(grouped.output[0])
-        if before is None or before.op_type != "PRelu" or after is None or after.op_type != "PRelu":
+        b, a = producer.get(grouped.input[0]), sole_consumer(grouped.output[0])
+        if not (is_op(b, "PRelu") and is_op(a, "PRelu")):
             continue
-        first, last = producer.get(before.input[0]), sole_consumer(after.output[0])
-        if not (dense_conv(first) and dense_conv(last)) or id(first) in replaced or id(first) in dropped:
+        before, after = nodes_in[b], nodes_in[a]
+        f, n = producer.get(before.input[0]), sole_consumer(after.output[0])
+        if not (dense_conv(f) and dense_conv(n)) or f in replaced or f in dropped:
             continue
-        if sole_consumer(first.output[0]) is not before or sole_consumer(before.output[0]) is not grouped:
+        first, last = nodes_in[f], nodes_in[n]
+        if sole_consumer(first.output[0]) != b or sole_consumer(before.output[0]) != g:
             continue
         slopes_in = per_channel_slopes(constants.get(before.input[1]))
         slopes_out = per_channel_slopes(constants.get(after.input[1]))
-        first_weight = array(first.input[1])
-        first_bias = array(first.input[2]) if len(first.input) > 2 and first.input[2] else None
-        bias = array(grouped.input[2]) if len(grouped.input) > 2 and grouped.input[2] else None
-        last_weight = array(last.input[1])
+        first_weight, last_weight = array(first.input[1]), array(last.input[1])
         if slopes_in is None or slopes_out is None or len(slopes_in) != channels or len(slopes_out) != channels:
             continue
         if first_weight.shape[0] != channels or last_weight.shape[1] != channels:
             continue
-        if (len(grouped.input) > 2 and grouped.input[2] and bias is None) or (
-            len(first.input) > 2 and first.input[2] and first_bias is None
-        ):
+        bias_names = [node.input[2] if len(node.input) > 2 else "" for node in (first, grouped)]
+        if any(name and name not in constants for name in bias_names):  # a computed bias: leave the run alone
             continue
+        first_bias, bias = (array(name) if name else None for name in bias_names)
         count += 1
         prefix = f"{grouped.name or grouped.output[0]}/pair_split"
 
@@ -219,7 +222,7 @@ def split_pair_groups(graph: Any) -> int:
             graph.initializer.append(tensor)
             return tensor.name
 
-        def node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
+        def make_node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
             return helper.make_node(op, inputs, [f"{prefix}/{output}"], name=f"{prefix}/{output}", **attributes)
 
         first_attrs = _attributes(first)
@@ -230,9 +233,9 @@ def split_pair_groups(graph: Any) -> int:
             inputs = [first.input[0], constant(f"{parity}/weight", first_weight[rows])]
             if first_bias is not None:
                 inputs.append(constant(f"{parity}/bias", first_bias[rows]))
-            nodes.append(node("Conv", inputs, parity, **first_attrs))
+            nodes.append(make_node("Conv", inputs, parity, **first_attrs))
             slope = constant(f"{parity}/slope", slopes_in[rows].reshape(-1, 1, 1))
-            nodes.append(node("PRelu", [f"{prefix}/{parity}", slope], f"{parity}_act"))
+            nodes.append(make_node("PRelu", [f"{prefix}/{parity}", slope], f"{parity}_act"))
         for parity, rows in parities.items():  # the grouped layer's even and odd outputs from E and O
             from_even = [f"{prefix}/even_act", constant(f"{parity}_out/from_even", weight[rows, 0:1])]
             if bias is not None:
@@ -241,23 +244,23 @@ def split_pair_groups(graph: Any) -> int:
             out = f"{prefix}/{parity}_out"
             slope = constant(f"{parity}_out/slope", slopes_out[rows].reshape(-1, 1, 1))
             nodes += [
-                node("Conv", from_even, f"{parity}_out/a", **depthwise),
-                node("Conv", from_odd, f"{parity}_out/b", **depthwise),
-                node("Add", [f"{out}/b", f"{out}/a"], f"{parity}_out"),
-                node("PRelu", [out, slope], f"{parity}_out_act"),
+                make_node("Conv", from_even, f"{parity}_out/a", **depthwise),
+                make_node("Conv", from_odd, f"{parity}_out/b", **depthwise),
+                make_node("Add", [f"{out}/b", f"{out}/a"], f"{parity}_out"),
+                make_node("PRelu", [out, slope], f"{parity}_out_act"),
             ]
-        nodes.append(node("Concat", [f"{prefix}/even_out_act", f"{prefix}/odd_out_act"], "halves", axis=1))
+        nodes.append(make_node("Concat", [f"{prefix}/even_out_act", f"{prefix}/odd_out_act"], "halves", axis=1))
         order = np.concatenate([np.arange(0, channels, 2), np.arange(1, channels, 2)])
         last.input[0] = f"{prefix}/halves"
         last.input[1] = constant("next_weight", last_weight[:, order])
-        replaced[id(first)] = nodes
-        dropped.update({id(before), id(grouped), id(after)})
+        replaced[f] = nodes
+        dropped.update({b, g, a})
     if count:
         rebuilt = []
-        for node in graph.node:
-            if id(node) in replaced:
-                rebuilt += replaced[id(node)]
-            elif id(node) not in dropped:
+        for k, node in enumerate(nodes_in):
+            if k in replaced:
+                rebuilt += replaced[k]
+            elif k not in dropped:
                 rebuilt.append(node)
         del graph.node[:]
         graph.node.extend(rebuilt)
