@@ -179,9 +179,14 @@ def insightface_normalisation(graph_nodes: Sequence[Any]) -> tuple[float, float]
     return INSIGHTFACE_MEAN, INSIGHTFACE_STD
 
 
+def device_kind(device: str) -> str:
+    """``cpu``, ``cuda`` or ``tensorrt`` from a ``--device`` value such as ``CUDA:1``."""
+    return device.split(":")[0].lower()
+
+
 def default_batch_size(device: str) -> int:
     """Faces per network call for ``device`` (``cpu``, ``cuda[:N]``, ``tensorrt``) when none is given."""
-    return CPU_BATCH_SIZE if device.split(":")[0].lower() == "cpu" else ACCELERATOR_BATCH_SIZE
+    return CPU_BATCH_SIZE if device_kind(device) == "cpu" else ACCELERATOR_BATCH_SIZE
 
 
 def _onnx_providers(device: str) -> list[str]:
@@ -193,7 +198,7 @@ def _onnx_providers(device: str) -> list[str]:
         "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
         "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
     }
-    device = device.split(":")[0].lower()
+    device = device_kind(device)
     if device not in wanted:
         raise UsageError(f"unknown device {device!r}; choose cpu, cuda or tensorrt")
     if wanted[device][0] not in available:
