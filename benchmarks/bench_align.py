@@ -98,7 +98,9 @@ def run_facecli(raw: Path, out: Path, workers: int | None) -> tuple[float, dict]
     chosen = ["--workers", str(workers)] if workers else []
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "facecli", "align", str(raw), str(out), *chosen, "--json"], capture_output=True, text=True
+        [sys.executable, "-m", "facecli", "align", str(raw), str(out), *chosen, "--json"],
+        capture_output=True,
+        text=True,
     )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:

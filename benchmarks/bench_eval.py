@@ -78,7 +78,9 @@ def insightface_embed(model_path: Path, bins: list[bytes], batch_size: int) -> n
     return np.concatenate(out)
 
 
-def facecli_embed(model_path: Path, bins: list[bytes], batch_size: int | None, workers: int, **options) -> np.ndarray:
+def facecli_embed(
+    model_path: Path, bins: list[bytes], batch_size: int | None, workers: int, **options
+) -> np.ndarray:
     from facecli.eval import load_model
     from facecli.eval.embed import embed_stream
     from facecli.imageio import decode_image
@@ -104,9 +106,11 @@ def bench_embedding(args: argparse.Namespace) -> None:
         from facecli.eval.models import default_batch_size
 
         ours_batch = args.facecli_batch_size or default_batch_size("cpu")
-        peers = {f"get_feat b{args.batch_size}": args.batch_size, f"get_feat b{ours_batch}": ours_batch, "get_feat 1/call": 1}
-        print(f"embedding a .bin: faces + mirrors; facecli batch {ours_batch} ({'its CPU default' if not args.facecli_batch_size else 'given'}), "
-              f"{args.workers} decode threads; best of {args.repeat} interleaved rounds; images/s, ratio = facecli / peer")
+        peers = {f"get_feat b{args.batch_size}": args.batch_size, f"get_feat b{ours_batch}": ours_batch,
+                 "get_feat 1/call": 1}
+        origin = "given" if args.facecli_batch_size else "its CPU default"
+        print(f"embedding a .bin: faces + mirrors; facecli batch {ours_batch} ({origin}), {args.workers} decode "
+              f"threads; best of {args.repeat} interleaved rounds; images/s, ratio = facecli / peer")
         print(f"{'model':46s} {'images':>6s} " + " ".join(f"{p:>16s}" for p in peers) + f" {'facecli':>8s} "
               + " ".join(f"{'vs ' + p:>19s}" for p in peers) + f" {'max |diff|':>10s}")
         for name, path, n in models:
@@ -123,8 +127,9 @@ def bench_embedding(args: argparse.Namespace) -> None:
                 ours, t = timed(facecli_embed, path, subset, args.facecli_batch_size, args.workers)
                 best["facecli"] = min(best["facecli"], t)
             diff = float(np.abs(ours - theirs).max())
-            print(f"{name:46s} {n:6d} " + " ".join(f"{n / best[p]:16.1f}" for p in peers) + f" {n / best['facecli']:8.1f} "
-                  + " ".join(f"{best[p] / best['facecli']:18.2f}x" for p in peers) + f" {diff:10.2e}")
+            print(f"{name:46s} {n:6d} " + " ".join(f"{n / best[p]:16.1f}" for p in peers)
+                  + f" {n / best['facecli']:8.1f} " + " ".join(f"{best[p] / best['facecli']:18.2f}x" for p in peers)
+                  + f" {diff:10.2e}")
 
 
 def bench_pairs(args: argparse.Namespace) -> None:
