@@ -1,12 +1,14 @@
 """Atomic file output: every file facecli writes appears whole or not at all.
 
 Writers create ``.NAME.<random>.tmp`` beside the target and rename it into place at the end, so an interrupted job
-never leaves a half-written output that a rerun would mistake for a finished one.
+never leaves a half-written output that a rerun would mistake for a finished one. :func:`sha256_file` is the one
+checksum of a file's bytes that outputs (pack records) and model fingerprints are built from.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -50,3 +52,12 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     """Write UTF-8 ``text`` to ``target`` atomically."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (weights and packs can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

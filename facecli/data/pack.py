@@ -36,7 +36,7 @@ from facecli.data.layouts import Identity, Layout, Sample, Selection
 from facecli.data.payloads import Encoding, prepare_many, probe
 from facecli.data.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack, write_property
 from facecli.errors import UsageError
-from facecli.fileio import atomic_write_text, new_file_mode
+from facecli.fileio import atomic_write_text, new_file_mode, sha256_file
 
 LAYOUTS_OUT = ("ms1m", "flat")
 REC_NAME = "train"
@@ -419,7 +419,7 @@ def _finish(out: Path, result: PackResult, labels: list[tuple[int, str, int]], m
     atomic_write_text(out / LABELS_CSV, buf.getvalue())
     for fname in ("property", LABELS_CSV, RECORDS_CSV):
         data = (out / fname).read_bytes() if fname != RECORDS_CSV else None
-        sha = hashlib.sha256(data).hexdigest() if data is not None else _sha256_file(out / fname)
+        sha = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(out / fname)
         result.files[fname] = {"size": (out / fname).stat().st_size, "sha256": sha}
     record = {
         "format": "insightface-recordio",
@@ -435,14 +435,6 @@ def _finish(out: Path, result: PackResult, labels: list[tuple[int, str, int]], m
         "files": result.files,
     }
     atomic_write_text(out / PACK_JSON, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------

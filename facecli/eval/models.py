@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from facecli.errors import CorruptFileError, UsageError
+from facecli.fileio import sha256_file
 from facecli.registry import Registry
 
 INSIGHTFACE_MEAN = 127.5
@@ -60,14 +61,6 @@ def parse_channels(value: str | float | Sequence[float] | None, what: str) -> tu
     if what == "std" and any(p == 0 for p in parts):
         raise UsageError("std must not be zero")
     return (parts[0], parts[1], parts[2])
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class EmbeddingModel(ABC):
@@ -112,7 +105,7 @@ class EmbeddingModel(ABC):
         """Short sha256 over the weights file and the preprocessing: names feature caches and reports."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            digest.update(file_sha256(self.weights_file).encode())
+            digest.update(sha256_file(self.weights_file).encode())
             digest.update(f"|{self.color}|{self.mean}|{self.std}|{self.input_size}".encode())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
