@@ -115,10 +115,25 @@ def test_workers_default_to_the_cores_for_large_runs_only(insightface_t1, tmp_pa
     from facecli.align import pipeline
 
     monkeypatch.setattr(pipeline, "usable_cpus", lambda: 4)
-    assert [pipeline.auto_workers(n) for n in (1, 63, 64, 5000)] == [1, 1, 4, 4]
     raw = tmp_path / "raw"
     raw.mkdir()
+    small, big = raw / "small.jpg", raw / "big.jpg"
+    small.write_bytes(b"x" * 1000)
+    big.write_bytes(b"x" * (600 << 10))
+
+    def jobs(*paths):
+        return [pipeline.Job(p, p.name, p.stem) for p in paths]
+
+    assert pipeline.auto_workers(jobs(small)) == 1
+    assert pipeline.auto_workers(jobs(*[small] * 63)) == 1  # about 60 ms of work: no pool
+    assert pipeline.auto_workers(jobs(*[small] * 64)) == 4
+    assert pipeline.auto_workers(jobs(big)) == 1  # one file: nothing to share
+    assert pipeline.auto_workers(jobs(big, small)) == 1  # 0.6 MiB
+    assert pipeline.auto_workers(jobs(big, big)) == 4  # 1.2 MiB of photos: seconds of work
+
     shutil.copy(insightface_t1, raw / "t1.jpg")
+    small.unlink()
+    big.unlink()
     assert align_folder(raw, tmp_path / "out")["workers"] == 1  # one file: no pool to wait for
     with pytest.raises(UsageError, match="at least 1"):
         align_folder(raw, tmp_path / "out2", workers=0)
@@ -136,7 +151,8 @@ def test_select_all_names_every_face(insightface_t1, tmp_path):
     assert cv2.imread(str(tmp_path / "out" / "group photo_3.png")).shape == (128, 128, 3)
 
 
-def test_resume_after_interrupt(lfw_tree, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_resume_after_interrupt(lfw_tree, tmp_path, workers):
     out = tmp_path / "out"
     calls = []
 
@@ -155,13 +171,13 @@ def test_resume_after_interrupt(lfw_tree, tmp_path):
         return bar()
 
     with pytest.raises(KeyboardInterrupt):
-        align_folder(lfw_tree, out, select="center", progress=interrupting_progress)
+        align_folder(lfw_tree, out, select="center", progress=interrupting_progress, workers=workers)
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     partial = _manifest(out)
     assert len(partial) == 3 and set(partial.status) == {"ok"}
     first = {row.output: (out / row.output).read_bytes() for row in partial.itertuples()}
 
-    summary = align_folder(lfw_tree, out, select="center")
+    summary = align_folder(lfw_tree, out, select="center", workers=workers)
     assert summary["skipped_existing"] == 3 and summary["processed"] == 4
     rows = _manifest(out)
     assert len(rows) == 7 and rows.source.is_unique
@@ -261,6 +277,19 @@ def test_cli_exit_codes_and_json(insightface_t1, tmp_path, run_cli):
     example = run_cli("align", "--example", tmp_path / "example")
     assert example.returncode == 0, example.stderr
     assert "ok" in example.stdout and len(list((tmp_path / "example").glob("t1_*.jpg"))) == 6
+
+
+def test_the_pool_and_this_process_take_the_biggest_file_left(tmp_path):
+    from facecli.align.pipeline import Job, _JobQueue
+
+    sizes = {"a": 10, "b": 30, "c": 20, "d": 40}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * size)
+    queue = _JobQueue([Job(tmp_path / name, name, name) for name in sizes])
+    taken = [queue.take().source, queue.take(for_pool=True).source, queue.take(for_pool=True).source]
+    assert taken == ["d", "b", "c"] and queue.sent == 2
+    queue.close()
+    assert queue.take() is None and queue.sent == 2
 
 
 def test_name_collisions_and_overwrite(shared_dir, tmp_path):

@@ -8,11 +8,12 @@ The shape of a run, and why:
 * **Skip what is done.** Without ``--overwrite``, a file whose crops already exist and decode is not processed
   again; its row comes back from the previous manifest (status ``skipped_existing``), so the manifest is complete
   after a resume.
-* **Use the machine.** By default a run of at least ``AUTO_WORKERS_MIN_FILES`` files uses one process per CPU
-  core it may run on; smaller runs stay in this process, as a pool would not be up before they end.
+* **Use the machine.** By default a run with about a second of work or more (``AUTO_WORKERS_MIN_FILES`` files, or
+  ``AUTO_WORKERS_MIN_BYTES`` of images: a few large photos count) uses one process per CPU core it may run on;
+  smaller runs stay in this process, as a pool would not be up before they end.
 * **Compute in workers, write in one place.** With ``--workers N`` this process is one of the N: it starts at
-  once on the smallest files while N - 1 pool processes start up and then take the biggest files first, so one
-  huge photo does not leave the others idle at the end. Pool processes return encoded crops and manifest rows;
+  once while N - 1 pool processes start up. Whichever process is free takes the biggest file left, so only small
+  files remain at the end and the processes finish together. Pool processes return encoded crops and manifest rows;
   this process writes every file atomically as results arrive. Results are byte-identical to ``--workers 1``
   (the manifest is sorted before it is written) and Ctrl-C leaves no partial file: pool processes ignore SIGINT,
   this process stops them, saves the manifest of what finished and re-raises.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,8 +327,11 @@ def _already_done(job: Job, out: Path, options: AlignOptions, previous: list[dic
 # ---------------------------------------------------------------------------------------------- workers
 
 # Starting the pool takes about a second (a fork server importing the detector's runtime) while this process
-# already works; below this many files (about a second of work for small photos) the pool would arrive too late.
+# already works; with less than about a second of work the pool would arrive too late. That is 64 small photos,
+# or 1 MiB of images: MTCNN needs about 1-2.5 ms of CPU per KiB of JPEG, from 250x250 LFW faces to 13-megapixel
+# photos.
 AUTO_WORKERS_MIN_FILES = 64
+AUTO_WORKERS_MIN_BYTES = 1 << 20
 
 
 def usable_cpus() -> int:
@@ -336,9 +341,21 @@ def usable_cpus() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def auto_workers(files: int) -> int:
-    """``--workers`` when not given: one per usable core for runs of at least ``AUTO_WORKERS_MIN_FILES`` files."""
-    return usable_cpus() if files >= AUTO_WORKERS_MIN_FILES else 1
+def _file_size(job: Job) -> int:
+    try:
+        return job.path.stat().st_size
+    except OSError:
+        return 0
+
+
+def auto_workers(jobs: list[Job]) -> int:
+    """``--workers`` when not given: one per usable core for runs with about a second of work or more (at least
+    ``AUTO_WORKERS_MIN_FILES`` files, or two or more files of ``AUTO_WORKERS_MIN_BYTES`` together), else 1."""
+    if len(jobs) >= AUTO_WORKERS_MIN_FILES:
+        return usable_cpus()
+    if len(jobs) >= 2 and sum(_file_size(job) for job in jobs) >= AUTO_WORKERS_MIN_BYTES:
+        return usable_cpus()
+    return 1
 
 
 _WORKER: dict[str, Any] = {}
@@ -381,13 +398,6 @@ def _work(job: Job) -> FileResult:
     return _timed(job, _WORKER["options"], _WORKER["detector"])
 
 
-def _file_size(job: Job) -> int:
-    try:
-        return job.path.stat().st_size
-    except OSError:
-        return 0
-
-
 def _worker_context() -> Any:
     """The multiprocessing context for the pool; its fork server starts now, in the background.
 
@@ -404,8 +414,61 @@ def _worker_context() -> Any:
 
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__, "onnx", "onnxruntime"])
-    forkserver.ensure_running()
+    try:
+        forkserver.ensure_running()
+    except OSError:  # its socket cannot be made (a TMPDIR too long for a socket path): fresh interpreters instead
+        return multiprocessing.get_context("spawn")
     return ctx
+
+
+class _JobQueue:
+    """Jobs biggest first, taken by whichever process is free: this one, or the pool as each result comes back.
+
+    Taking the biggest remaining file whenever a process is free leaves only the smallest files for the end, so
+    the processes finish together. The pool's jobs are handed out from its result thread the moment a result
+    arrives, so a pool process never waits for this one to finish a file; ``sent`` counts what the pool was given.
+    """
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self._jobs = sorted(jobs, key=_file_size, reverse=True)
+        self._next = 0
+        self._lock = threading.Lock()
+        self.sent = 0
+
+    def take(self, for_pool: bool = False) -> Job | None:
+        with self._lock:
+            if self._next == len(self._jobs):
+                return None
+            self._next += 1
+            self.sent += for_pool
+            return self._jobs[self._next - 1]
+
+    def close(self) -> None:
+        """Hand out nothing more (the run is over or being abandoned)."""
+        with self._lock:
+            self._next = len(self._jobs)
+
+
+def _start_pool(ctx: Any, size: int, options: AlignOptions, jobs: _JobQueue, finished: Any) -> Any:
+    """Start ``size`` pool processes and keep each of them two jobs deep: one running, one waiting in its pipe."""
+    pool = ctx.Pool(size, initializer=_init_worker, initargs=(options,))
+
+    def submit() -> None:
+        job = jobs.take(for_pool=True)
+        if job is None:
+            return
+        try:
+            pool.apply_async(_work, (job,), callback=done, error_callback=finished.put)
+        except ValueError:  # the pool is being stopped: the run is over
+            pass
+
+    def done(result: FileResult) -> None:
+        finished.put(result)
+        submit()
+
+    for _ in range(2 * size):
+        submit()
+    return pool
 
 
 @contextlib.contextmanager
@@ -416,23 +479,27 @@ def _results(
 
     With N workers, N - 1 are pool processes (from ``ctx``, see :func:`_worker_context`) and this process is the
     N-th. The pool starts on a background thread (about a second: a fork server that imports the detector's
-    runtime) while this process begins on the smallest files; the pool then works through the biggest files first,
-    so one huge photo does not finish last on one core.
+    runtime) while this process already works; from then on every process takes the biggest file left
+    (:class:`_JobQueue`).
     """
     if workers <= 1 or len(jobs) <= 1:
         detector = _make_detector(options)
         yield (_timed(job, options, detector) for job in jobs)
         return
+    import queue
     from concurrent.futures import ThreadPoolExecutor
 
     size = min(workers - 1, len(jobs) - 1)
+    shared = _JobQueue(jobs)
+    finished: queue.SimpleQueue = queue.SimpleQueue()  # filled by the pool's result thread
     with ThreadPoolExecutor(1) as starter, _opencv_threads(1):
-        pool_future = starter.submit(ctx.Pool, size, initializer=_init_worker, initargs=(options,))
+        pool_future = starter.submit(_start_pool, ctx, size, options, shared, finished)
         try:
-            yield _shared_results(pool_future, sorted(jobs, key=_file_size, reverse=True), options, size)
+            yield _shared_results(pool_future, shared, finished, options)
         finally:
             # Every task has been collected (or the run is being abandoned): stop the workers instead of waiting
             # for them to tear down their runtimes one by one. A pool that failed to start has nothing to stop.
+            shared.close()
             if pool_future.exception() is None:
                 pool_future.result().terminate()
                 pool_future.result().join()
@@ -451,32 +518,31 @@ def _opencv_threads(count: int) -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _shared_results(pool_future: Any, jobs: list[Job], options: AlignOptions, pool_size: int) -> Iterator[FileResult]:
-    """Feed the pool from the front of ``jobs`` (a few tasks ahead per process) and compute from the back here."""
-    import queue
-
-    finished: queue.SimpleQueue = queue.SimpleQueue()  # filled by the pool's result thread
-    front, back, outstanding = 0, len(jobs), 0
+def _shared_results(pool_future: Any, jobs: _JobQueue, finished: Any, options: AlignOptions) -> Iterator[FileResult]:
+    """Compute jobs here while passing on the pool's results as they arrive; then wait for the pool's last ones."""
+    received = 0
     detector: Detector | None = None
-    while front < back or outstanding:
-        if pool_future.done():
-            while outstanding < 2 * pool_size and front < back:
-                pool_future.result().apply_async(
-                    _work, (jobs[front],), callback=finished.put, error_callback=finished.put
-                )
-                front += 1
-                outstanding += 1
-        while not finished.empty() or (outstanding and front == back):
-            result = finished.get()
-            outstanding -= 1
-            if isinstance(result, BaseException):
-                raise result
-            yield result
-        if front < back:
-            back -= 1
-            if detector is None:
-                detector = _make_detector(options)
-            yield _timed(jobs[back], options, detector)
+
+    def collected(result: FileResult | BaseException) -> FileResult:
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    while True:
+        while not finished.empty():
+            received += 1
+            yield collected(finished.get())
+        if pool_future.done() and pool_future.exception() is not None:
+            raise pool_future.exception()
+        job = jobs.take()
+        if job is None:
+            break
+        if detector is None:
+            detector = _make_detector(options)
+        yield _timed(job, options, detector)
+    while received < jobs.sent:  # every job is handed out; the pool's last ones are still running
+        received += 1
+        yield collected(finished.get())
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -506,7 +572,7 @@ def align_folder(
 
     ``detector_options`` go to the detector's builder (MTCNN: ``min_face_size``, ``thresholds``, ``factor``;
     SCRFD: ``model_path``). ``shard`` is ``"I/N"``; without it ``RANK``/``WORLD_SIZE`` are honoured. ``workers``
-    defaults to :func:`auto_workers` of the shard's file count.
+    defaults to :func:`auto_workers` of the shard's files.
     """
     raw, out = check_folders(Path(raw), Path(out))
     shard_index, num_shards = parse_shard(shard)
@@ -529,13 +595,6 @@ def align_folder(
     started = time.perf_counter()
     all_jobs, ignored = plan_jobs(raw)
     jobs = all_jobs[shard_index::num_shards]
-    workers = workers or auto_workers(len(jobs))
-    ctx = None
-    if workers > 1:
-        # Start the fork server now; while it imports the detector's runtime on one core, this process imports
-        # pandas for the manifest and reads the previous manifest on the other.
-        ctx = _worker_context()
-        import pandas  # noqa: F401
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / manifest_name(shard_index, num_shards)
     previous = {} if overwrite else _previous_rows(out, list(dict.fromkeys([MANIFEST_NAME, manifest_path.name])))
@@ -548,6 +607,14 @@ def align_folder(
             rows.extend(done)
         else:
             todo.append(job)
+
+    workers = workers or auto_workers(todo)
+    ctx = None
+    if workers > 1 and len(todo) > 1:
+        # Start the fork server now; while it imports the detector's runtime on one core, this process imports
+        # pandas for the manifest on the other.
+        ctx = _worker_context()
+        import pandas  # noqa: F401
 
     progress = progress or (lambda total: contextlib.nullcontext(lambda n=1: None))
     processed = 0

@@ -88,7 +88,7 @@ def align_command(
         typer.Option(
             min=1,
             show_default=False,
-            help="Worker processes, output identical to 1 (default: one per CPU core from 64 files on, else 1).",
+            help="Worker processes, output identical to 1 (default: one per core from 64 files or 1 MiB on, else 1).",
         ),
     ] = None,
     shard: Annotated[
