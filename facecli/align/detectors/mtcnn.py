@@ -28,7 +28,7 @@ import numpy as np
 
 from facecli.align.detectors.base import DETECTORS, Face
 from facecli.errors import UsageError
-from facecli.onnxgraph import rewrite_prelu
+from facecli.onnxgraph import fill_channel_blocks, rewrite_prelu
 
 _STRIDE = 2
 _CELL = 12
@@ -58,6 +58,8 @@ def _prepare_graph(path: Path, pixel_type: str) -> bytes:
       (``pixel_type``); the graph casts, normalises with ``(x - 127.5) * 0.0078125`` (exact in float32, as in the
       reference) and moves channels first, to the (N, C, W, H) layout the first convolution expects.
     * Odd-kernel ``SAME_UPPER`` max-pools become ``SAME_LOWER`` (see the module docstring).
+    * The first layers of the P- and R-net (10 and 28 channels) get zero channels up to their pooling, so that
+      onnxruntime keeps them in its blocked layout (:func:`facecli.onnxgraph.fill_channel_blocks`, bit-identical).
     * Every ``PRelu`` is rewritten with operators that onnxruntime runs faster and that give the same values bit
       for bit (:func:`facecli.onnxgraph.rewrite_prelu`): about twice as fast, as these activations are most of
       the work of these small networks.
@@ -99,6 +101,7 @@ def _prepare_graph(path: Path, pixel_type: str) -> bytes:
         graph.node.insert(k, node)
     del graph.input[:]
     graph.input.append(helper.make_tensor_value_info("pixels", elem, ["N", "W", "H", 3]))
+    fill_channel_blocks(graph)
     model = onnx.shape_inference.infer_shapes(model)  # rewrite_prelu needs to know which tensors are 4-D
     rewrite_prelu(model.graph)
     return model.SerializeToString()
