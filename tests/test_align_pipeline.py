@@ -302,6 +302,16 @@ def test_the_program_ends_cleanly_after_a_pool_run(insightface_t1, tmp_path, run
     assert _tree_bytes(tmp_path / "out") == _tree_bytes(tmp_path / "out2")
 
 
+def test_the_fork_server_starts_without_blas_threads_unless_asked(monkeypatch):
+    from facecli.align import pipeline
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("FACECLI_TEST_KEPT", "mine")
+    with pipeline._environment({"OPENBLAS_NUM_THREADS": "1", "FACECLI_TEST_KEPT": "theirs"}):
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and os.environ["FACECLI_TEST_KEPT"] == "mine"
+    assert "OPENBLAS_NUM_THREADS" not in os.environ and os.environ["FACECLI_TEST_KEPT"] == "mine"
+
+
 def test_the_pool_and_this_process_take_the_biggest_file_left(tmp_path):
     from facecli.align.pipeline import Job, _JobQueue
 
