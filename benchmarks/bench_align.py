@@ -164,6 +164,9 @@ def main() -> None:
     print(f"{peer_name:<72} {peer_time:7.2f} s  {n / peer_time:6.2f} images/s")
     print(f"{facecli_name:<72} {facecli_time:7.2f} s  {n / facecli_time:6.2f} images/s")
     print(f"speed-up: {peer_time / facecli_time:.2f}x (wall, best of {args.repeat})")
+    if args.repeat > 1:  # the same rounds paired: how much the ratio moves with the machine's speed
+        ratios = sorted(p / f for p, f in zip(peer_times, facecli_times))
+        print(f"per round: {', '.join(f'{r:.2f}x' for r in ratios)} (median {float(np.median(ratios)):.2f}x)")
     print(
         f"CPU per image (last round, all threads): peer {1000 * peer_cpu / n:.1f} ms (start-up included), "
         f"facecli {1000 * summary['cpu_seconds'] / n:.1f} ms (per-file work only) → "
