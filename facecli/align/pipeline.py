@@ -494,14 +494,15 @@ def _start_pool(ctx: Any, size: int, options: AlignOptions, jobs: _JobQueue, fin
 def _results(
     jobs: list[Job], options: AlignOptions, workers: int, ctx: Any
 ) -> Iterator[Iterator[FileResult]]:
-    """Results computed here in job order (1 worker), or shared between this process and a pool, as they finish.
+    """Results computed here in job order (no ``ctx``: one worker), or shared between this process and a pool, as
+    they finish.
 
     With N workers, N - 1 are pool processes (from ``ctx``, see :func:`_worker_context`) and this process is the
     N-th. The pool starts on a background thread (about a second: a fork server that imports the detector's
     runtime) while this process already works; from then on every process takes the biggest file left
     (:class:`_JobQueue`).
     """
-    if workers <= 1 or len(jobs) <= 1:
+    if ctx is None:
         detector = _make_detector(options)
         yield (_timed(job, options, detector) for job in jobs)
         return
@@ -591,7 +592,7 @@ def align_folder(
 
     ``detector_options`` go to the detector's builder (MTCNN: ``min_face_size``, ``thresholds``, ``factor``;
     SCRFD: ``model_path``). ``shard`` is ``"I/N"``; without it ``RANK``/``WORLD_SIZE`` are honoured. ``workers``
-    defaults to :func:`auto_workers` of the shard's files.
+    defaults to :func:`auto_workers` of the shard's files still to do.
     """
     raw, out = check_folders(Path(raw), Path(out))
     shard_index, num_shards = parse_shard(shard)
@@ -628,7 +629,7 @@ def align_folder(
             todo.append(job)
 
     workers = workers or auto_workers(todo)
-    ctx = None
+    ctx = None  # no pool: one worker, or nothing to share
     if workers > 1 and len(todo) > 1:
         # Start the fork server now; while it imports the detector's runtime on one core, this process imports
         # pandas for the manifest on the other.
