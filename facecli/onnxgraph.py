@@ -136,6 +136,29 @@ def rewrite_prelu(graph: Any) -> int:
     return count
 
 
+class _Readers:
+    """Which nodes read each tensor of a graph, by their position in it.
+
+    Nodes are referred to by position because protobuf may hand out a new Python object on every access, so
+    identity says nothing. A graph output counts as a reader outside the graph: it never has a sole reader.
+    """
+
+    def __init__(self, graph: Any) -> None:
+        self._outputs = {value.name for value in graph.output}
+        self._positions: dict[str, list[int]] = {}
+        for position, node in enumerate(graph.node):
+            for name in node.input:
+                self._positions.setdefault(name, []).append(position)
+
+    def count(self, name: str) -> int:
+        return len(self._positions.get(name, []))
+
+    def sole(self, name: str) -> int | None:
+        """The position of the one node that reads ``name``, if exactly one does and the graph does not output it."""
+        positions = self._positions.get(name, [])
+        return positions[0] if len(positions) == 1 and name not in self._outputs else None
+
+
 def fill_channel_blocks(graph: Any, block: int = 16) -> int:
     """Widen every ``Conv → PRelu → MaxPool`` run whose channel count is not a multiple of ``block`` with zero
     channels, cut back to the original channels after the pool; in place, returns how many runs.
@@ -158,20 +181,14 @@ def fill_channel_blocks(graph: Any, block: int = 16) -> int:
     from onnx import helper, numpy_helper
 
     constants = {tensor.name: tensor for tensor in graph.initializer}
-    readers: dict[str, list[int]] = {}
-    for position, node in enumerate(graph.node):
-        for name in node.input:
-            readers.setdefault(name, []).append(position)
-    graph_outputs = {value.name for value in graph.output}
+    readers = _Readers(graph)
 
     def only_reader(name: str, op_type: str) -> int | None:
-        positions = readers.get(name, [])
-        if len(positions) != 1 or name in graph_outputs or graph.node[positions[0]].op_type != op_type:
-            return None
-        return positions[0]
+        position = readers.sole(name)
+        return position if position is not None and graph.node[position].op_type == op_type else None
 
     def private_constant(name: str) -> Any:
-        return constants.get(name) if len(readers.get(name, [])) == 1 else None
+        return constants.get(name) if readers.count(name) == 1 else None
 
     cut_after: dict[int, Any] = {}
     widened: set[str] = set()
@@ -191,7 +208,8 @@ def fill_channel_blocks(graph: Any, block: int = 16) -> int:
         prelu, pool = graph.node[prelu_at], graph.node[pool_at]
         slopes = private_constant(prelu.input[1])
         channels = weight.dims[0]
-        if slopes is None or per_channel_slopes(slopes) is None or per_channel_slopes(slopes).size != channels:
+        slope_values = per_channel_slopes(slopes)
+        if slope_values is None or slope_values.size != channels:
             continue
         wide = -(-channels // block) * block
         for tensor, axis in [(weight, 0), (bias, 0), (slopes, len(slopes.dims) - 3)]:
@@ -252,18 +270,9 @@ def split_pair_groups(graph: Any) -> int:
     from onnx import helper, numpy_helper
 
     constants = constant_tensors(graph)
-    graph_outputs = {value.name for value in graph.output}
-    # Nodes are referred to by their position: protobuf may hand out a new Python object on every access.
-    nodes_in = list(graph.node)
+    nodes_in = list(graph.node)  # referred to by position, see _Readers
     producer = {name: k for k, node in enumerate(nodes_in) for name in node.output}
-    consumers: dict[str, list[int]] = {}
-    for k, node in enumerate(nodes_in):
-        for name in node.input:
-            consumers.setdefault(name, []).append(k)
-
-    def sole_consumer(tensor: str) -> int | None:
-        users = consumers.get(tensor, [])
-        return users[0] if len(users) == 1 and tensor not in graph_outputs else None
+    sole_consumer = _Readers(graph).sole
 
     def array(name: str) -> np.ndarray | None:
         tensor = constants.get(name)
