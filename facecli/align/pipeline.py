@@ -359,7 +359,11 @@ def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> 
             row = _row(job, "no_landmarks", "not listed in the --landmarks file", **size_info)
             row["seconds"] = time.perf_counter() - start
             return FileResult([row], [])
-        faces = _faces_from_landmarks(given)
+        faces = [face for face in _faces_from_landmarks(given) if np.all(np.isfinite(face.landmarks))]
+        if not faces:
+            row = _row(job, "bad_landmarks", "landmarks contain NaN or infinity", **size_info)
+            row["seconds"] = time.perf_counter() - start
+            return FileResult([row], [])
     else:
         faces = detector.detect(rgb)
     chosen = select_faces(faces, rgb.shape, options.select, options.min_face, options.min_score)
