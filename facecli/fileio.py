@@ -22,6 +22,12 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def _temp_prefix(name: str) -> str:
+    """``.NAME.``, with NAME cut to 241 bytes so that the temporary name (14 bytes longer than NAME) fits the
+    255-byte limit of file names whenever NAME itself does."""
+    return "." + os.fsdecode(os.fsencode(name)[:241]) + "."
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` when the block succeeds.
@@ -30,7 +36,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, new_file_mode())  # mkstemp makes 0600; outputs get the usual permissions
@@ -61,3 +67,19 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def text_name(name: str | os.PathLike) -> str:
+    """A file name or path as text that any UTF-8 file, CSV or terminal takes: itself when it is valid UTF-8,
+    else with each undecodable byte written ``\\xNN`` (``caf\\xe9.jpg`` for Latin-1 ``café.jpg``).
+
+    POSIX names are bytes; Python hands undecodable ones over as lone surrogates, which cannot be encoded, so a
+    manifest, a JSON summary or an error message naming such a file would fail. The escaped form is the same on
+    every run, so it also serves as a stable key.
+    """
+    text = os.fspath(name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text

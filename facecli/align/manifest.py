@@ -2,18 +2,26 @@
 
 Rows carry the source and output paths (relative to RAW and OUT, POSIX separators, so a manifest stays valid when
 both folders move), the status and reason, and for crops the detector score, box, five landmarks, the 2x3
-similarity matrix, the image size and the seconds spent. Sharded runs write ``manifest.shard-I-of-N.csv`` each;
+similarity matrix, the image size, the seconds spent and ``settings``, a fingerprint of every option that shapes
+the crop (a rerun with other settings redoes the file). Sharded runs write ``manifest.shard-I-of-N.csv`` each;
 :func:`merge_manifests` joins them. Every manifest is written atomically.
+
+While a run goes, each finished file's rows are also appended to a :class:`Journal` (``.manifest.csv.journal``)
+in one write, after its crops are in place. The CSV is written at the end; a run killed before that (``kill -9``,
+a full disk, a power cut of the process) leaves the journal, and the next run takes the rows from it, so a resumed
+manifest says how every crop was made exactly as an uninterrupted run's does.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from facecli.errors import UsageError
-from facecli.fileio import atomic_path
+from facecli.fileio import atomic_path, new_file_mode
 
 MANIFEST_NAME = "manifest.csv"
 _SHARD_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.csv$")
@@ -34,6 +42,7 @@ COLUMNS = [
     "width",
     "height",
     "seconds",
+    "settings",
 ]
 
 INTEGER_COLUMNS = ["face", "width", "height"]
@@ -64,7 +73,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, dtype={"source": str, "output": str, "status": str, "reason": str})
+        frame = pd.read_csv(path, dtype={"source": str, "output": str, "status": str, "reason": str, "settings": str})
     except Exception as exc:
         raise UsageError(f"cannot read manifest {path}: {exc}") from None
     missing = [c for c in ("source", "output", "status") if c not in frame.columns]
@@ -72,6 +81,67 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         raise UsageError(f"{path} is not an align manifest (missing columns: {', '.join(missing)})")
     frame = frame.astype(object).where(frame.notna(), None)
     return frame.to_dict("records")
+
+
+def journal_path(manifest: Path) -> Path:
+    """The journal beside a manifest: ``.manifest.csv.journal`` (hidden: it is bookkeeping, not a result)."""
+    return manifest.with_name(f".{manifest.name}.journal")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python numbers, for JSON."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot record {type(value).__name__} in the journal")
+
+
+def read_journal(path: Path) -> tuple[list[list[dict[str, Any]]], int]:
+    """The records (one list of rows per finished file) and the byte length of the intact part of a journal.
+
+    A record is one line written by one ``write``; a crash or a full disk can only leave the last line short, and
+    reading stops there.
+    """
+    if not path.is_file():
+        return [], 0
+    data = path.read_bytes()
+    records: list[list[dict[str, Any]]] = []
+    intact = 0
+    for line in data.splitlines(keepends=True):
+        try:
+            rows = json.loads(line) if line.endswith(b"\n") else None
+        except ValueError:
+            rows = None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "source" in r for r in rows):
+            break
+        records.append(rows)
+        intact += len(line)
+    return records, intact
+
+
+class Journal:
+    """Append-only record of the files a run has finished: one JSON line of manifest rows per file."""
+
+    def __init__(self, path: Path, intact: int = 0) -> None:
+        """Open (or create) the journal, cutting off a torn last line so that new records start on their own."""
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, new_file_mode())
+        os.ftruncate(self._fd, intact)
+        os.lseek(self._fd, intact, os.SEEK_SET)
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Append one file's rows in one write (the kernel has them when this returns; a crash keeps them)."""
+        data = (json.dumps(rows, default=_plain, ensure_ascii=True) + "\n").encode("ascii")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def remove(self) -> None:
+        """Close and delete: the manifest now holds every row."""
+        self.close()
+        self.path.unlink(missing_ok=True)
 
 
 def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:

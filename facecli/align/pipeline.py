@@ -5,9 +5,12 @@ The shape of a run, and why:
 * **Plan first.** The whole tree is walked and sorted before anything runs, so output names (collisions between
   ``a.jpg`` and ``a.png`` get the full name) and shard membership (``sorted_files[I::N]``) are the same on every
   machine, whatever ``--workers`` is.
-* **Skip what is done.** Without ``--overwrite``, a file whose crops already exist and decode is not processed
-  again; its row comes back from the previous manifest (status ``skipped_existing``), so the manifest is complete
-  after a resume.
+* **Skip what is done, redo what is stale.** Without ``--overwrite``, a file is not processed again when a previous
+  run recorded it (manifest or journal, see :mod:`facecli.align.manifest`) with the same ``settings`` fingerprint
+  and its crops exist and decode; its rows come back with status ``skipped_existing``, so a resumed manifest says
+  how every crop was made. A file recorded with other crop-shaping settings (size, format, quality, detector and
+  its options, selection, landmarks) is redone and its old crops removed; options that do not shape crops
+  (workers, shard, ``--max-pixels``) may change freely. Crops without a record are redone, not trusted.
 * **Use the machine.** By default a run with about a second of work or more (``AUTO_WORKERS_MIN_FILES`` files, or
   ``AUTO_WORKERS_MIN_BYTES`` of images: a few large photos count) uses one process per CPU core it may run on;
   smaller runs stay in this process, as a pool would not be up before they end.
@@ -17,17 +20,25 @@ The shape of a run, and why:
   this process writes every file atomically as results arrive. Results are byte-identical to ``--workers 1``
   (the manifest is sorted before it is written) and Ctrl-C leaves no partial file: pool processes ignore SIGINT,
   this process stops them, saves the manifest of what finished and re-raises.
+* **The environment fails loudly, files fail quietly.** A full disk, a read-only or unwritable OUT stops the run
+  with one line (:class:`FacecliError`) after saving what finished; a crop whose name the file system refuses
+  (over 255 bytes) gets status ``unwritable`` and the run goes on. Names that are not valid UTF-8 are carried as
+  :func:`facecli.fileio.text_name` text in the manifest and in OUT's file names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import inspect
+import json
 import os
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
@@ -37,10 +48,13 @@ from facecli.align.detectors.base import Face
 from facecli.align.manifest import (
     BOX_COLUMNS,
     LANDMARK_COLUMNS,
-    MATRIX_COLUMNS,
     MANIFEST_NAME,
+    MATRIX_COLUMNS,
     WRITTEN_STATUSES,
+    Journal,
+    journal_path,
     manifest_name,
+    read_journal,
     read_manifest,
     status_counts,
     write_manifest,
@@ -48,8 +62,17 @@ from facecli.align.manifest import (
 from facecli.align.selection import SELECT_MODES, select_faces
 from facecli.align.transform import estimate_norm, template, warp
 from facecli.errors import FacecliError, UsageError
-from facecli.fileio import atomic_write_bytes
-from facecli.imageio import DEFAULT_MAX_PIXELS, ImageReadError, encode_image, is_image_path, load_image
+from facecli.fileio import atomic_write_bytes, sha256_file, text_name
+from facecli.imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    decodes,
+    encode_image,
+    is_image_path,
+    load_image,
+    max_file_bytes,
+    read_file_bytes,
+)
 
 FORMATS = ("jpg", "png")
 ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
@@ -88,6 +111,55 @@ class AlignOptions:
             raise UsageError("--assume-aligned and --landmarks exclude each other")
         DETECTORS.get(self.detector)  # an unknown name fails here, before any folder is created
 
+    def fingerprint(self) -> str:
+        """What shapes every crop of this run, hashed: size, format (and JPEG quality), selection and its filters,
+        and how landmarks are found (the detector with its effective options, model file by content). Not
+        ``max_pixels``: it decides which files are read, not what their crops look like."""
+        settings: dict[str, Any] = {"size": self.size, "format": self.fmt, "select": self.select,
+                                    "min_face": self.min_face, "min_score": self.min_score}
+        if self.fmt == "jpg":
+            settings["quality"] = self.quality
+        if self.assume_aligned:
+            settings["landmarks"] = "assume-aligned"
+        elif self.landmarks is not None:
+            settings["landmarks"] = "given"  # each file's own landmarks are added by file_fingerprint
+        else:
+            settings["detector"] = _detector_settings(self.detector, self.detector_options)
+        return _digest(settings)
+
+    def file_fingerprint(self, run: str, source: str) -> str:
+        """The run's fingerprint, plus the landmarks given for this one file (other files' rows may change)."""
+        if self.landmarks is None:
+            return run
+        points = [np.asarray(p, dtype=np.float32).reshape(-1).tolist() for p in self.landmarks.get(source, [])]
+        return _digest({"run": run, "points": points})
+
+
+def _digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _detector_settings(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The detector's name and every option its builder will use (defaults filled in, threads left out), so that
+    the CLI's explicit defaults and a library call without options give the same fingerprint."""
+    builder = DETECTORS.get(name)
+    parameters = inspect.signature(builder).parameters
+    known = {k: v for k, v in options.items() if k in parameters and v is not None}
+    bound = inspect.signature(builder).bind_partial(**known)
+    bound.apply_defaults()
+    effective: dict[str, Any] = {"name": builder.__name__}
+    for key, value in bound.arguments.items():
+        if key == "threads" or parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        if key == "model_path" and value is not None and Path(value).is_file():
+            value = sha256_file(value)  # the weights, wherever the file lies
+        elif isinstance(value, (tuple, list)):
+            value = [float(v) for v in value]
+        elif isinstance(value, (int, float)):
+            value = float(value)
+        effective[key] = value
+    return effective
+
 
 @dataclass(frozen=True)
 class Job:
@@ -112,38 +184,59 @@ class FileResult:
 
 
 def check_folders(raw: Path, out: Path) -> tuple[Path, Path]:
-    """RAW (a folder or one image) must exist; OUT must not be RAW or inside it (a rerun would align its crops)."""
+    """RAW (a folder or one image) must exist; OUT must not be RAW or inside it (a rerun would align its crops),
+    nor an existing file (exit 1, like every other problem with where the results go)."""
     if not raw.exists():
-        raise UsageError(f"input not found: {raw}")
-    if raw.is_file() and not is_image_path(raw):
-        raise UsageError(f"input is neither a folder nor an image file: {raw}")
+        raise UsageError(f"input not found: {text_name(raw)}")
+    if not raw.is_dir() and not is_image_path(raw):
+        raise UsageError(f"input is neither a folder nor an image file: {text_name(raw)}")
     raw_r, out_r = raw.resolve(), out.resolve()
-    if raw.is_file():
-        return raw_r, out_r
-    if out_r == raw_r or raw_r in out_r.parents:
-        raise UsageError(f"output folder {out} is inside the input folder {raw}; choose a folder outside it")
+    if raw.is_dir() and (out_r == raw_r or raw_r in out_r.parents):
+        raise UsageError(
+            f"output folder {text_name(out)} is inside the input folder {text_name(raw)}; choose a folder outside it"
+        )
     if out.exists() and not out.is_dir():
-        raise UsageError(f"output path exists and is not a folder: {out}")
+        raise FacecliError(f"output path exists and is not a folder: {text_name(out)}")
     return raw_r, out_r
 
 
+def _make_out(out: Path) -> None:
+    """Create OUT, or say in one line why it cannot be (a parent that is a file, no permission, read-only disk)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FacecliError(f"cannot create output folder {text_name(out)}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise FacecliError(f"cannot write to output folder {text_name(out)}: permission denied")
+
+
 def plan_jobs(raw: Path) -> tuple[list[Job], int]:
-    """Every image file under ``raw`` (any depth, sorted, hidden entries skipped) and the count of other files."""
-    if raw.is_file():
-        return [Job(raw, raw.name, raw.stem)], 0
+    """Every image file under ``raw`` (any depth, sorted, hidden entries skipped) and the count of other files.
+
+    Entries named like images are jobs whatever they are (a FIFO, a device, a link to a folder): the read
+    records them as ``not_a_file`` instead of letting them vanish. Real folders are walked, never followed
+    through links. Sources and output stems are :func:`text_name` text (valid UTF-8 whatever the name's bytes).
+    """
+    if not raw.is_dir():
+        return [Job(raw, text_name(raw.name), text_name(raw.stem))], 0
     jobs: list[Job] = []
     ignored = 0
     for folder, dirs, files in os.walk(raw):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        linked = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in linked)
         rel_dir = Path(folder).relative_to(raw)
-        images = sorted(f for f in files if not f.startswith(".") and is_image_path(f))
+        entries = [f for f in files + linked if not f.startswith(".")]
+        images = sorted(f for f in entries if is_image_path(f))
         ignored += sum(1 for f in files if not f.startswith(".") and not is_image_path(f))
         stems: dict[str, int] = {}
         for name in images:
-            stems[Path(name).stem] = stems.get(Path(name).stem, 0) + 1
+            stems[text_name(Path(name).stem)] = stems.get(text_name(Path(name).stem), 0) + 1
         for name in images:
-            stem = Path(name).stem if stems[Path(name).stem] == 1 else name  # a.jpg + a.png → a.jpg.jpg, a.png.jpg
-            jobs.append(Job(Path(folder) / name, (rel_dir / name).as_posix(), (rel_dir / stem).as_posix()))
+            stem = text_name(Path(name).stem)
+            stem = stem if stems[stem] == 1 else text_name(name)  # a.jpg + a.png → a.jpg.jpg, a.png.jpg
+            rel = text_name(rel_dir.as_posix())
+            source, output_stem = (PurePosixPath(rel) / text_name(name)).as_posix(), (PurePosixPath(rel) / stem)
+            jobs.append(Job(Path(folder) / name, source, output_stem.as_posix()))
     jobs.sort(key=lambda j: j.source)
     return jobs, ignored
 
@@ -222,6 +315,23 @@ def _faces_from_landmarks(points: list[np.ndarray]) -> list[Face]:
     return faces
 
 
+# Five points closer together than this (root-mean-square distance from their centre, pixels) hold no face
+# geometry: the fitted scale explodes (or is NaN when they coincide) and the "crop" is one colour or black.
+MIN_LANDMARK_SPREAD = 0.5
+
+
+def _crop_matrix(landmarks: np.ndarray, size: int) -> tuple[np.ndarray | None, str]:
+    """The warp matrix for these landmarks, or None and why they cannot make a crop (not finite, degenerate)."""
+    if not np.all(np.isfinite(landmarks)):
+        return None, "landmarks contain NaN or infinity"
+    centred = landmarks.astype(np.float64) - landmarks.astype(np.float64).mean(axis=0)
+    spread = float(np.sqrt((centred**2).sum(axis=1).mean()))
+    matrix = estimate_norm(landmarks, size) if spread >= MIN_LANDMARK_SPREAD else None
+    if matrix is None or not np.all(np.isfinite(matrix)):
+        return None, f"the five landmarks (nearly) coincide ({spread:.3g} px from their centre): no face to align"
+    return matrix, ""
+
+
 def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> FileResult:
     """Everything for one input file; never raises for a bad image (the row says what happened)."""
     import cv2
@@ -249,16 +359,29 @@ def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> 
             row = _row(job, "no_landmarks", "not listed in the --landmarks file", **size_info)
             row["seconds"] = time.perf_counter() - start
             return FileResult([row], [])
-        faces = _faces_from_landmarks(given)
+        faces = [face for face in _faces_from_landmarks(given) if np.all(np.isfinite(face.landmarks))]
+        if not faces:
+            row = _row(job, "bad_landmarks", "landmarks contain NaN or infinity", **size_info)
+            row["seconds"] = time.perf_counter() - start
+            return FileResult([row], [])
     else:
         faces = detector.detect(rgb)
     chosen = select_faces(faces, rgb.shape, options.select, options.min_face, options.min_score)
     if not chosen.faces:
         reason = "; ".join(filter(None, [chosen.reason, notes]))
         return FileResult([_row(job, chosen.status, reason, **size_info, seconds=time.perf_counter() - start)], [])
+    usable, problems = [], []
+    for face in chosen.faces:
+        matrix, problem = _crop_matrix(face.landmarks, options.size)
+        if matrix is None:
+            problems.append(problem)
+        else:
+            usable.append((face, matrix))
+    if not usable:
+        reason = "; ".join(filter(None, [problems[0], notes]))
+        return FileResult([_row(job, "bad_landmarks", reason, **size_info, seconds=time.perf_counter() - start)], [])
     rows, files = [], []
-    for index, face in enumerate(chosen.faces):
-        matrix = estimate_norm(face.landmarks, options.size)
+    for index, (face, matrix) in enumerate(usable):
         crop = warp(rgb, matrix, options.size)
         name = job.output(options.fmt, index if options.select == "all" else None)
         files.append((name, encode_image(crop, options.fmt, options.quality)))
@@ -274,54 +397,72 @@ def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> 
 # ---------------------------------------------------------------------------------------------- resume
 
 
-def _valid_crop(path: Path) -> bool:
-    """An existing output counts as done only if it is a whole, decodable image."""
-    import cv2
+KEPT_REASON = "output exists (kept from a previous run)"
 
+
+def _output_path(out: Path, output: str) -> Path | None:
+    """``out / output`` for a manifest's relative output path; None for one that would leave OUT (a tampered
+    manifest must not make a rerun read or delete files elsewhere)."""
+    rel = PurePosixPath(output)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        return None
+    return out / rel
+
+
+def _valid_crop(out: Path, output: str) -> bool:
+    """An existing output counts as done only if it is a whole, decodable image (a regular file inside OUT)."""
+    path = _output_path(out, output)
+    if path is None:
+        return False
     try:
-        data = path.read_bytes()
-    except OSError:
+        return decodes(read_file_bytes(path, max_file_bytes()))
+    except ImageReadError:
         return False
-    if not data or (data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9")):
-        return False
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is not None
 
 
 def _previous_rows(out: Path, names: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Rows per source from the last manifest in ``names`` that exists (a shard's own beats the merged one)."""
+    """Rows per source from earlier runs: each manifest in ``names``, then its journal (rows of files finished
+    after that manifest was written), later ones replacing earlier ones per source (a shard's own beats the
+    merged one)."""
     by_source: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         path = out / name
         if path.is_file():
-            by_source.clear()
+            recorded: dict[str, list[dict[str, Any]]] = {}
             for row in read_manifest(path):
-                by_source.setdefault(row["source"], []).append(row)
+                recorded.setdefault(row["source"], []).append(row)
+            by_source.update(recorded)
+        for rows in read_journal(journal_path(path))[0]:
+            by_source[rows[0]["source"]] = rows
     return by_source
 
 
-def _already_done(job: Job, out: Path, options: AlignOptions, previous: list[dict[str, Any]]) -> list[dict] | None:
-    """Rows to reuse if this file's crops exist and decode (status ``skipped_existing``), else None."""
+def _already_done(out: Path, fingerprint: str, previous: list[dict[str, Any]]) -> list[dict] | None:
+    """Rows to reuse (status ``skipped_existing``) if a previous run recorded crops for this file with these
+    settings and they exist and decode; None when the file must be (re)done."""
     written = [r for r in previous if r["status"] in WRITTEN_STATUSES and r.get("output")]
-    if written:
-        if not all(_valid_crop(out / r["output"]) for r in written):
-            return None
-        reason = "output exists (kept from a previous run)"
-        return [{**row, "status": "skipped_existing", "reason": reason} for row in written]
-    first = job.output(options.fmt, 0 if options.select == "all" else None)
-    if not _valid_crop(out / first):
+    if not written or any(r.get("settings") != fingerprint for r in written):
         return None
-    rows = []
-    index = 0
-    name = first
-    while _valid_crop(out / name):
-        row = _row(job, "skipped_existing", "output exists (no manifest row from the previous run)")
-        row.update(output=name, face=index)
-        rows.append(row)
-        if options.select != "all":
-            break
-        index += 1
-        name = job.output(options.fmt, index)
-    return rows
+    if not all(_valid_crop(out, r["output"]) for r in written):
+        return None
+    kept = []
+    for row in written:
+        earlier = (row.get("reason") or "").removeprefix(KEPT_REASON).lstrip("; ")
+        kept.append({**row, "status": "skipped_existing", "reason": "; ".join(filter(None, [KEPT_REASON, earlier]))})
+    return kept
+
+
+def _remove_stale(out: Path, rows: list[dict[str, Any]], keep: set[str]) -> None:
+    """Delete the crops a previous run made for a file that is being redone (other settings, ``--overwrite``), so
+    OUT never holds a crop the new manifest does not describe."""
+    for row in rows:
+        output = row.get("output")
+        path = _output_path(out, output) if output and output not in keep else None
+        if path is not None and path.is_file():
+            try:
+                path.unlink()
+            except OSError as exc:
+                raise FacecliError(f"cannot remove stale crop {text_name(path)}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -567,6 +708,60 @@ def _shared_results(pool_future: Any, jobs: _JobQueue, finished: Any, options: A
 
 # ---------------------------------------------------------------------------------------------- the run
 
+# Write errors that concern one crop's name (too long for the file system, bytes it refuses): recorded in that
+# file's row. Every other one (a full disk, no permission, a read-only or failing disk) concerns the whole run.
+_NAME_ERRORS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL})
+
+
+def _write_result(out: Path, result: FileResult) -> list[dict[str, Any]]:
+    """Write one file's crops atomically; its rows, or one ``unwritable`` row when the file system refuses a crop's
+    name (its other crops are removed). Raises :class:`FacecliError` for errors of the whole run."""
+    written: list[Path] = []
+    for name, data in result.files:
+        target = out / name
+        try:
+            atomic_write_bytes(target, data)
+        except OSError as exc:
+            if exc.errno not in _NAME_ERRORS:
+                raise FacecliError(f"cannot write {text_name(target)}: {exc.strerror or exc}") from None
+            for path in written:
+                path.unlink(missing_ok=True)
+            first = result.rows[0]
+            reason = f"cannot write crop {name}: {exc.strerror}"
+            kept = {k: first.get(k) for k in ("source", "width", "height", "seconds")}
+            return [{**kept, "output": None, "status": "unwritable", "reason": reason, "face": None}]
+        written.append(target)
+    return result.rows
+
+
+def _open_journal(manifest: Path) -> Journal:
+    """The journal of this run, continuing an interrupted run's (its torn last line, if any, cut off)."""
+    path = journal_path(manifest)
+    try:
+        return Journal(path, read_journal(path)[1])
+    except OSError as exc:
+        raise FacecliError(f"cannot write to output folder {text_name(manifest.parent)}: {exc.strerror}") from None
+
+
+def _record(journal: Journal, rows: list[dict[str, Any]]) -> None:
+    try:
+        journal.add(rows)
+    except OSError as exc:
+        raise FacecliError(f"cannot write {text_name(journal.path)}: {exc.strerror or exc}") from None
+
+
+def _save_manifest(path: Path, rows: list[dict[str, Any]], journal: Journal, failing: bool) -> None:
+    """Write the manifest and drop the journal it replaces. When the run is already failing (a full disk, say) a
+    manifest that cannot be written is left to the journal, and the first error is the one reported."""
+    try:
+        write_manifest(path, rows)
+    except OSError as exc:
+        journal.close()
+        if failing:
+            return
+        raise FacecliError(f"cannot write {text_name(path)}: {exc.strerror or exc}") from None
+    journal.remove()
+
 
 def align_folder(
     raw: str | Path,
@@ -615,18 +810,27 @@ def align_folder(
     started = time.perf_counter()
     all_jobs, ignored = plan_jobs(raw)
     jobs = all_jobs[shard_index::num_shards]
-    out.mkdir(parents=True, exist_ok=True)
+    _make_out(out)
     manifest_path = out / manifest_name(shard_index, num_shards)
-    previous = {} if overwrite else _previous_rows(out, list(dict.fromkeys([MANIFEST_NAME, manifest_path.name])))
+    previous = _previous_rows(out, list(dict.fromkeys([MANIFEST_NAME, manifest_path.name])))
+    run_fingerprint = options.fingerprint()
+    fingerprints = {job.source: options.file_fingerprint(run_fingerprint, job.source) for job in jobs}
 
     rows: list[dict[str, Any]] = []
     todo: list[Job] = []
+    redone: list[dict[str, Any]] = []  # rows of earlier crops of the files to do again
+    stale = 0
     for job in jobs:
-        done = None if overwrite else _already_done(job, out, options, previous.get(job.source, []))
+        earlier = previous.get(job.source, [])
+        done = None if overwrite else _already_done(out, fingerprints[job.source], earlier)
         if done:
             rows.extend(done)
-        else:
-            todo.append(job)
+            continue
+        todo.append(job)
+        recorded = [r for r in earlier if r["status"] in WRITTEN_STATUSES]
+        redone.extend(recorded)
+        stale += any(r.get("settings") != fingerprints[job.source] for r in recorded)
+    _remove_stale(out, redone, keep={r["output"] for r in rows})
 
     workers = workers or auto_workers(todo)
     ctx = None  # no pool: one worker, or nothing to share
@@ -637,33 +841,39 @@ def align_folder(
         import pandas  # noqa: F401
 
     progress = progress or (lambda total: contextlib.nullcontext(lambda n=1: None))
+    journal = _open_journal(manifest_path)
     processed = 0
     cpu_seconds = 0.0
     try:
         with _results(todo, options, workers, ctx) as results, progress(len(jobs)) as advance:
             advance(len(jobs) - len(todo))
             for result in results:
-                for name, data in result.files:
-                    atomic_write_bytes(out / name, data)
-                rows.extend(result.rows)
+                finished = _write_result(out, result)
+                for row in finished:
+                    row["settings"] = fingerprints[row["source"]] if row["status"] == "ok" else None
+                _record(journal, finished)
+                rows.extend(finished)
                 processed += 1
                 cpu_seconds += result.cpu_seconds
                 advance(1)
-    finally:
-        write_manifest(manifest_path, rows)  # also on Ctrl-C: what finished is recorded
+    except BaseException:
+        _save_manifest(manifest_path, rows, journal, failing=True)  # also on Ctrl-C: what finished is recorded
+        raise
+    _save_manifest(manifest_path, rows, journal, failing=False)
 
     elapsed = time.perf_counter() - started
     counts = status_counts(rows)
     problems = {k: v for k, v in counts.items() if k not in WRITTEN_STATUSES}
     return {
-        "raw": str(raw),
-        "out": str(out),
-        "manifest": str(manifest_path),
+        "raw": text_name(raw),
+        "out": text_name(out),
+        "manifest": text_name(manifest_path),
         "shard": f"{shard_index}/{num_shards}",
         "workers": workers,
         "files": len(jobs),
         "processed": processed,
         "skipped_existing": len(jobs) - len(todo),
+        "stale_redone": stale,
         "crops_written": sum(1 for row in rows if row["status"] == "ok"),
         "other_files_ignored": ignored,
         "counts": counts,

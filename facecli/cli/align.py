@@ -150,6 +150,11 @@ def align_command(
         shard=shard,
         progress=lambda total: ui.progress("align", total),
     )
+    if summary["stale_redone"]:
+        ui.warn(
+            f"{summary['stale_redone']} files had crops made with other settings (size, format, quality, detector, "
+            "selection or landmarks); they were redone"
+        )
     if summary["warnings"]:
         ui.warn(f"{summary['warnings']} of {summary['files']} files gave no crop; see {summary['manifest']}")
     ui.result(summary, _render_summary(summary))

@@ -110,4 +110,8 @@ class UI:
                 if speed:
                     bar.update(task, rate=f"{speed:.1f}/s")
 
-            yield advance
+            try:
+                yield advance
+            except BaseException:  # the error's one line is all that should remain on stderr
+                bar.live.transient = True
+                raise
