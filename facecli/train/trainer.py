@@ -40,6 +40,14 @@ class NonFiniteError(FacecliError):
     """The loss or a gradient became NaN/Inf; the message says where and which file holds the state before."""
 
 
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every floating-point value of ``tensors`` is finite (one max-abs per tensor, one sync)."""
+    floats = [t.detach() for t in tensors if t.is_floating_point()]
+    if not floats:
+        return True
+    return bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(floats, float("inf"))])).all())
+
+
 def init_distributed() -> None:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -322,6 +330,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.aux_optimizer is not None:
             self.aux_optimizer.zero_grad(set_to_none=True)
+        buffers = list(self.model.buffers())
+        before = [b.clone() for b in buffers]  # running statistics and head state the forward passes update
+        rng_before = checkpoint.rng_state()  # dropout and heads draw from it: "the state before" includes it
         losses, extremes = [], []
         for micro in range(accumulate):
             images, labels = next(batches)
@@ -339,14 +350,16 @@ class Trainer:
         max_logit = torch.stack(extremes).max()
         self.scaler.unscale_(self.optimizer)
         grad_norm = self._clip_and_measure(freeze)
-        bad = not bool(torch.isfinite(loss)) or (not self.scaler.is_enabled() and not math.isfinite(grad_norm))
+        bad = (not bool(torch.isfinite(loss)) or (not self.scaler.is_enabled() and not math.isfinite(grad_norm))
+               or not _all_finite(buffers))
         if self.world_size > 1:
             flags = torch.tensor([float(bad)], device=self.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             bad = bool(flags.item())
             loss = distributed.all_reduce_mean(loss)
         if bad:
-            self._handle_nonfinite(float(loss), float(max_logit), grad_norm)
+            torch._foreach_copy_(buffers, before)  # a rejected step leaves no trace, in BatchNorm or head state
+            self._handle_nonfinite(float(loss), float(max_logit), grad_norm, rng_before)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler.is_enabled():
                 self.scaler.update()
@@ -358,6 +371,14 @@ class Trainer:
                 if p.grad is not None:
                     p.grad.div_(max(cfg.head.aux_weight, 1e-12))
             self.aux_optimizer.step()
+        weights_bad = torch.tensor([float(not _all_finite(list(self.model.parameters())))], device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(weights_bad, op=dist.ReduceOp.MAX)
+        if weights_bad.item():
+            raise NonFiniteError(
+                f"the update of step {self.step + 1} made the weights non-finite (lr {lr:.4g}, gradient norm "
+                f"{grad_norm:.4g}); nothing of this step was saved: resume from the last checkpoint with a lower "
+                "learning rate or more warm-up")
         return float(loss), float(max_logit), lr
 
     def _clip_and_measure(self, freeze: bool) -> float:
@@ -373,7 +394,7 @@ class Trainer:
             total = total + p.grad.detach().float().pow(2).sum()
         return float(total.sqrt())
 
-    def _handle_nonfinite(self, loss: float, max_logit: float, grad_norm: float) -> None:
+    def _handle_nonfinite(self, loss: float, max_logit: float, grad_norm: float, rng_before: dict[str, Any]) -> None:
         what = "loss" if not math.isfinite(loss) else "gradient"
         lr = self.optimizer.param_groups[-1]["lr"]
         where = (f"non-finite {what} at step {self.step + 1} (head {self.cfg.head.name}, largest |logit| "
@@ -384,6 +405,7 @@ class Trainer:
             return
         name = f"nonfinite-step{self.step + 1}.pt"
         self.optimizer.zero_grad(set_to_none=True)
+        checkpoint.set_rng_state(rng_before)
         path = self.save_checkpoint(name)
         raise NonFiniteError(
             f"{where}. The state before this step is in {path if self.rank == 0 else self.run_dir / name}. "
