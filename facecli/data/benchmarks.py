@@ -4,6 +4,12 @@ A ``.bin`` is a pickle of ``(list_of_encoded_images, issame)`` where pair ``i`` 
 These files are downloaded from the internet and a plain ``pickle.load`` would run whatever code they name, so
 they are read with an unpickler that can build only lists, tuples, bytes, bools, ints and (through an explicit
 allow-list) numpy bool arrays. Python-2 pickles (insightface's originals) are read with ``encoding='bytes'``.
+
+Refusing code is not enough: a 97-byte pickle calling ``bytearray(1_500_000_000)`` asks for gigabytes. So memory
+is bounded by the file's size: the opcodes are walked first (a length field larger than the bytes left is refused
+before the C unpickler would allocate it), the allowed callables only copy data that is in the file (no integer
+sizes), and the decoded images together may not exceed the file's size (one string referenced many times through
+the pickle memo would otherwise be copied once per reference).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,14 +55,23 @@ def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+def _copy_bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
+    """``bytearray`` for the unpickler: a copy of bytes (or latin-1 text) the file holds, never a size to allocate."""
+    if isinstance(source, (bytes, bytearray)) and encoding is None:
+        return bytearray(source)
+    if isinstance(source, str) and encoding in ("latin1", "latin-1"):
+        return bytearray(source.encode("latin1"))
+    raise pickle.UnpicklingError(f"bytearray({type(source).__name__}) is not allowed in a .bin file")
+
+
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     ("numpy", "dtype"): _safe_dtype,
     ("numpy", "ndarray"): _NdarrayToken,
     ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("_codecs", "encode"): _latin1_encode,
-    ("__builtin__", "bytearray"): bytearray,
-    ("builtins", "bytearray"): bytearray,
+    ("__builtin__", "bytearray"): _copy_bytearray,
+    ("builtins", "bytearray"): _copy_bytearray,
 }
 
 
@@ -72,8 +88,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed in a .bin file")
 
 
+def _check_lengths(data: bytes) -> None:
+    """Walk the opcodes: every length field (strings, bytes, frames) must fit in the bytes that follow it.
+
+    The C unpickler allocates a declared length before reading it, so a 20-byte file declaring a 10 GB string
+    would take 10 GB; ``pickletools.genops`` reads with ``BytesIO.read``, which returns only what is there.
+    """
+    size = len(data)
+    try:
+        for opcode, arg, pos in pickletools.genops(data):
+            if opcode.name == "FRAME" and arg > size - pos:
+                raise pickle.UnpicklingError(f"a frame at byte {pos} claims {arg} bytes; {size - pos} are left")
+    except ValueError as exc:  # genops: "expected N bytes in a ..., but only M remain", unknown opcodes
+        raise pickle.UnpicklingError(f"malformed pickle: {exc}") from None
+
+
 def safe_unpickle(data: bytes) -> Any:
-    """Unpickle ``data`` with the restricted unpickler (Python-2 strings come back as bytes)."""
+    """Unpickle ``data`` with the restricted unpickler (Python-2 strings come back as bytes), memory bounded."""
+    _check_lengths(data)
     return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
 
 
@@ -96,28 +128,34 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
         raise CorruptFileError(f"{path}: not a safe verification .bin ({exc})") from None
     except Exception as exc:  # truncated/garbled pickles raise EOFError, ValueError, TypeError, ...
         raise CorruptFileError(f"{path}: not a readable .bin pickle ({type(exc).__name__}: {exc})") from None
-    return _validate(path, obj)
+    return _validate(path, obj, len(data))
 
 
-def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
+def _validate(path: Path, obj: Any, file_size: int) -> tuple[list[bytes], np.ndarray]:
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise CorruptFileError(f"{path}: expected a pair (images, issame), found {type(obj).__name__}")
     images, issame = obj
     if not isinstance(images, (list, tuple)):
         raise CorruptFileError(f"{path}: the image list is a {type(images).__name__}, not a list")
     bins: list[bytes] = []
+    total = 0
     for i, item in enumerate(images):
-        if isinstance(item, (bytes, bytearray)):
-            bins.append(bytes(item))
-        else:
+        if not isinstance(item, (bytes, bytearray)):
             raise CorruptFileError(f"{path}: image {i} is a {type(item).__name__}, not encoded image bytes")
+        total += len(item)
+        if total > file_size:  # each image's bytes are in the file once; more means references repeated
+            raise CorruptFileError(f"{path}: the images add up to more bytes than the file holds ({file_size}); "
+                                   "refusing a pickle that repeats references")
+        bins.append(bytes(item))
     if isinstance(issame, np.ndarray):
         if issame.dtype != np.bool_ or issame.ndim != 1:
             raise CorruptFileError(f"{path}: issame must be a 1-D bool array, found {issame.dtype} {issame.shape}")
         flags = issame.copy()
     elif isinstance(issame, (list, tuple)):
-        if not all(isinstance(v, (bool, int)) and v in (0, 1) for v in issame):
-            raise CorruptFileError(f"{path}: issame must hold only booleans")
+        wrong = next((i for i, v in enumerate(issame) if not (isinstance(v, (bool, int)) and v in (0, 1))), None)
+        if wrong is not None:
+            raise CorruptFileError(f"{path}: issame must hold only booleans (True/False or 0/1); pair {wrong} holds "
+                                   f"{type(issame[wrong]).__name__} {issame[wrong]!r}")
         flags = np.array([bool(v) for v in issame], dtype=bool)
     else:
         raise CorruptFileError(f"{path}: issame is a {type(issame).__name__}, not a list of booleans")

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from facecli.archives import check_npy
 from facecli.errors import CorruptFileError, UsageError
 from facecli.eval import ijb
 from facecli.eval.embed import FeatureCache, dataset_key, embed_stream, split_flip
@@ -359,6 +360,7 @@ def load_npy(path: str | Path, what: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} file not found: {path}")
+    check_npy(path, what)
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:

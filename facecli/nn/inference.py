@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from facecli.archives import check_stored_zip
 from facecli.errors import CorruptFileError, UsageError
 from facecli.nn.backbones import BACKBONES, NECKS
 from facecli.nn.backbones.iresnet import DEPTHS
@@ -84,6 +85,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no such model file: {path}")
+    check_stored_zip(path, "weights file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle and zip errors of every kind mean the same to the user
