@@ -73,26 +73,56 @@ class UnpackResult:
     images: int = 0
     identities: int = 0
     layout: str = ""
-    bad: list[str] = field(default_factory=list)
+    bad: list[dict] = field(default_factory=list)  # {key, offset, error} per damaged record
+
+
+def _image_keys(reader: RecordReader) -> tuple[list[int], str]:
+    """The keys to unpack and the layout name. A file whose layout cannot be read (a damaged header or identity
+    record) falls back to every key its header record names, else every indexed key: each is then read on its own,
+    so one damaged record costs that record only."""
+    try:
+        image_keys, _ = read_ms1m_layout(reader)
+    except CorruptFileError:
+        try:
+            header0, _ = unpack(reader.read(0)) if 0 in reader else (None, b"")
+        except (CorruptFileError, ValueError):
+            header0 = None
+        if header0 is not None and header0.flag > 0:
+            return [k for k in range(1, int(header0.label[0])) if k in reader], "ms1m"
+        return list(reader.keys), "flat"
+    ms1m = 0 in reader and image_keys and image_keys[0] == 1 and len(image_keys) < len(reader)
+    return image_keys, "ms1m" if ms1m else "flat"
+
+
+def _offset(reader: RecordReader, key: int) -> int | None:
+    try:
+        return reader.offset(key)
+    except KeyError:
+        return None
 
 
 def unpack_records(rec: Path, out: Path, advance: Callable[[int], None] = lambda n: None) -> UnpackResult:
-    """Write every image record of ``rec`` to ``out/<identity>/...``; damaged records are listed and skipped."""
+    """Write every readable image record of ``rec`` to ``out/<identity>/...``.
+
+    Damaged records (bad framing, an index entry pointing inside or past a record, a bad IRHeader) are skipped and
+    listed in ``bad`` by key and byte offset, as ``inspect --check`` lists them; every other record is written.
+    """
     rec = find_record_file(rec)
     reader = RecordReader(rec)
-    image_keys, labels = read_ms1m_layout(reader)
-    layout = "ms1m" if 0 in reader and image_keys and image_keys[0] == 1 and len(image_keys) < len(reader) else "flat"
+    image_keys, layout = _image_keys(reader)
     names = _identity_names(rec.parent)
     recorded = _record_paths(rec.parent)
     width = max(6, len(str(max(image_keys, default=0))))
     result = UnpackResult(out=Path(out), layout=layout)
     seen: set[int] = set()
-    for key, label in zip(image_keys, labels.tolist()):
+    for key in image_keys:
         advance(1)
         try:
             header, payload = unpack(reader.read(key))
-        except (CorruptFileError, ValueError) as exc:
-            result.bad.append(f"key {key}: {exc}")
+        except (CorruptFileError, ValueError, KeyError) as exc:
+            result.bad.append({"key": key, "offset": _offset(reader, key), "error": str(exc)})
+            continue
+        if not payload:  # an identity record of a file whose header could not say where they start
             continue
         label = int(first_label(header.label))
         identity = _safe_component(names.get(label, f"{label:06d}"))
