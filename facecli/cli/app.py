@@ -77,6 +77,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc).replace("\n", " "), exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except OSError as exc:  # the environment (full disk, permissions, a file where a folder must be), not a bug
+        if _state["debug"]:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}", 1)
     except Exception as exc:  # a bug: still one line unless --debug
         if _state["debug"]:
             traceback.print_exc()

@@ -1,9 +1,10 @@
 """Record files back to identity folders, so that ``pack → unpack → pack`` reproduces the same bytes.
 
 Each image record is written as its stored bytes (never re-encoded) to ``OUT/<identity>/<name>``. Identity names
-come from ``labels.csv`` beside the record file when present (else the zero-padded label, which sorts like the
-label). File names come from ``records.csv`` when it records a path inside the identity folder; otherwise they are
-the zero-padded record key. Both choices sort in record order, which is what makes the round trip exact.
+come from the pack's ``labels.csv`` (``NAME.labels.csv`` beside ``NAME.rec``) when present, else the zero-padded
+label, which sorts like the label. File names come from ``records.csv`` when it records a path inside the
+identity folder; otherwise they are the zero-padded record key. Both choices sort in record order, which is what
+makes the round trip exact.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from facecli.data.payloads import probe
-from facecli.data.recordio import RecordReader, first_label, read_ms1m_layout, unpack
+from facecli.data.recordio import RecordReader, first_label, read_ms1m_layout, sidecar_path, unpack
 from facecli.errors import CorruptFileError, UsageError
 from facecli.fileio import atomic_write_bytes
 from facecli.imageio import ImageReadError
@@ -38,20 +39,34 @@ def find_record_file(path: Path) -> Path:
     return recs[0]
 
 
-def _identity_names(folder: Path) -> dict[int, str]:
-    path = folder / "labels.csv"
+def _read_table(path: Path, key: str, values: tuple[str, ...]) -> dict[int, tuple[str, ...]]:
+    """``{int(row[key]): (row[v] for v in values)}`` of a pack's CSV sidecar; a malformed one is one clear line."""
     if not path.is_file():
         return {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {int(row["label"]): row["identity"] for row in csv.DictReader(fh)}
+    table: dict[int, tuple[str, ...]] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for lineno, row in enumerate(csv.DictReader(fh), 2):
+                try:
+                    table[int(row[key])] = tuple(str(row[v]) for v in values)
+                except (KeyError, TypeError, ValueError):
+                    raise CorruptFileError(f"{path}: line {lineno}: expected columns {key}, {', '.join(values)} "
+                                           f"with an integer {key}") from None
+    except UnicodeDecodeError:
+        raise CorruptFileError(f"{path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise CorruptFileError(f"{path}: malformed CSV ({exc})") from None
+    return table
 
 
-def _record_paths(folder: Path) -> dict[int, tuple[str, str]]:
-    path = folder / "records.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {int(row["key"]): (row["identity"], row["path"]) for row in csv.DictReader(fh)}
+def _identity_names(rec: Path) -> dict[int, str]:
+    table = _read_table(sidecar_path(rec, "labels.csv"), "label", ("identity",))
+    return {label: row[0] for label, row in table.items()}
+
+
+def _record_paths(rec: Path) -> dict[int, tuple[str, str]]:
+    table = _read_table(sidecar_path(rec, "records.csv"), "key", ("identity", "path"))
+    return {key: (row[0], row[1]) for key, row in table.items()}
 
 
 def _safe_component(name: str) -> str:
@@ -110,8 +125,8 @@ def unpack_records(rec: Path, out: Path, advance: Callable[[int], None] = lambda
     rec = find_record_file(rec)
     reader = RecordReader(rec)
     image_keys, layout = _image_keys(reader)
-    names = _identity_names(rec.parent)
-    recorded = _record_paths(rec.parent)
+    names = _identity_names(rec)
+    recorded = _record_paths(rec)
     width = max(6, len(str(max(image_keys, default=0))))
     result = UnpackResult(out=Path(out), layout=layout)
     seen: set[int] = set()
