@@ -28,7 +28,7 @@ from facecli.nn.heads import EmbeddingLoss
 from facecli.nn.partial_fc import PartialFC
 from facecli.train import checkpoint
 from facecli.train.callbacks import Callback, MetricsFile, TensorBoard, Verification
-from facecli.train.config import TrainConfig, read_config_file, build_config, to_toml
+from facecli.train.config import TrainConfig, build_config, check_resume_changes, read_config_file, to_toml
 from facecli.train.model import FaceModel, build_model
 from facecli.train.sampling import EpochPlan, ResumableBatchSampler
 from facecli.train.schedule import lr_factor
@@ -76,7 +76,10 @@ def resolve_run_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a facecli run (no {CONFIG_FILE}); nothing to resume")
-    return build_config(read_config_file(path), overrides, {"out": str(run_dir)})
+    stored = read_config_file(path)
+    cfg = build_config(stored, overrides, {"out": str(run_dir)})
+    check_resume_changes(build_config(stored, {"out": str(run_dir)}), cfg)
+    return cfg
 
 
 class Trainer:
@@ -234,12 +237,16 @@ class Trainer:
                              f"resume it with the same number of processes (now {self.world_size})")
         own = main if self.rank == 0 else checkpoint.load(checkpoint.rank_file(self.run_dir, self.rank))
         m = self.model
-        m.backbone.load_state_dict(main["backbone"])
-        if m.classifier is not None:
-            m.classifier.load_state_dict(own["classifier"])
-        m.head.load_state_dict(own["head"])
-        if m.aux is not None:
-            m.aux.load_state_dict(main["aux"])
+        try:
+            m.backbone.load_state_dict(main["backbone"])
+            if m.classifier is not None:
+                m.classifier.load_state_dict(own["classifier"])
+            m.head.load_state_dict(own["head"])
+            if m.aux is not None:
+                m.aux.load_state_dict(main["aux"])
+        except RuntimeError as exc:  # e.g. data.path now names data with another number of classes
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise UsageError(f"{path} does not fit this model and data ({first})") from None
         if self.aux_optimizer is not None:
             self.aux_optimizer.load_state_dict(main["aux_optimizer"])
         self.optimizer.load_state_dict(own["optimizer"])
