@@ -73,7 +73,7 @@ def as_issame(values: np.ndarray | Sequence[object]) -> np.ndarray:
     wrong = np.flatnonzero(~np.isin(flags.ravel(), (0, 1)))
     if len(wrong):
         i = int(wrong[0])
-        raise UsageError(f"issame must hold booleans or 0/1; pair {i} is {flags.ravel()[i]!r} "
+        raise UsageError(f"issame must hold booleans or 0/1; pair {i} is {flags.ravel()[i].item()!r} "
                          f"({len(wrong)} value(s) are neither 0 nor 1)")
     return flags.ravel().astype(bool)
 

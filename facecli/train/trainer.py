@@ -127,6 +127,10 @@ class Trainer:
         if cfg.amp == "fp16" and self.device.type == "cpu":
             raise UsageError("--fp16 needs a GPU; on CPU use --bf16 (amp=bf16) or no AMP")
         self.dataset: FaceDataset = open_dataset(cfg.data.path)
+        identities = len(set(self.dataset.labels.tolist()))
+        if identities < 2:  # softmax over one class: loss 0 from the first step, nothing is learned
+            raise UsageError(f"{cfg.data.path} holds {identities} identity; training a face model needs at least 2 "
+                             "(every loss here compares identities)")
         torch.manual_seed(cfg.seed)
         model, self.info = build_model(cfg, self.dataset.num_classes)
         self.model: FaceModel = model.to(self.device)
