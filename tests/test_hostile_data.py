@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import resource
 import struct
@@ -79,7 +78,12 @@ def _bytearray_of_list() -> bytes:  # ([bytearray([1, 2]), b"cd"], [True]): only
     return b"\x80\x02](c__builtin__\nbytearray\n](K\x01K\x02e\x85RC\x02cde]\x88a\x86."
 
 
+def _memo_index(index: int) -> bytes:  # LONG_BINPUT 2**30: the C unpickler would grow its memo table to match
+    return b"\x80\x02Nr" + struct.pack("<I", index) + b"."
+
+
 BOMBS = {
+    "memo-index": (_memo_index(2**30), "memo index 1073741824"),
     "bytearray-size": (_bytearray_of_size(2**31 - 1), "bytearray(int) is not allowed"),
     "bytes8-length": (_binbytes8(10**11), "expected 100000000000 bytes"),
     "frame-length": (_frame(10**11), "claims 100000000000 bytes"),
@@ -331,8 +335,9 @@ def test_unpack_with_a_malformed_sidecar_is_one_line(tmp_path, run_cli, sidecar,
 
 
 def test_training_on_one_identity_is_refused(tmp_path):
-    from facecli.train.trainer import Trainer
     from train_support import tiny_config
+
+    from facecli.train.trainer import Trainer
 
     src = faces(tmp_path / "src", people=1, per=4)
     with pytest.raises(UsageError, match="holds 1 identity; .*at least 2"):

@@ -88,17 +88,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed in a .bin file")
 
 
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
 def _check_lengths(data: bytes) -> None:
-    """Walk the opcodes: every length field (strings, bytes, frames) must fit in the bytes that follow it.
+    """Walk the opcodes: every length field (strings, bytes, frames) must fit in the bytes that follow it, and
+    every memo index must be one a pickler could have numbered in a file this size.
 
     The C unpickler allocates a declared length before reading it, so a 20-byte file declaring a 10 GB string
-    would take 10 GB; ``pickletools.genops`` reads with ``BytesIO.read``, which returns only what is there.
+    would take 10 GB; ``pickletools.genops`` reads with ``BytesIO.read``, which returns only what is there. A memo
+    index of 2**31 would likewise grow the unpickler's memo table to 2**31 slots (16 GB), all set to NULL.
     """
     size = len(data)
     try:
         for opcode, arg, pos in pickletools.genops(data):
             if opcode.name == "FRAME" and arg > size - pos:
                 raise pickle.UnpicklingError(f"a frame at byte {pos} claims {arg} bytes; {size - pos} are left")
+            if opcode.name in _MEMO_OPCODES and int(arg) > size:  # picklers number memo entries 0, 1, 2, ...
+                raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} is larger than the file")
     except ValueError as exc:  # genops: "expected N bytes in a ..., but only M remain", unknown opcodes
         raise pickle.UnpicklingError(f"malformed pickle: {exc}") from None
 
