@@ -70,8 +70,10 @@ def _bytearray_of_size(n: int) -> bytes:  # bytearray(n) called through the allo
     return b"\x80\x02c__builtin__\nbytearray\nJ" + struct.pack("<i", n) + b"\x85R]\x86."
 
 
-def _repeated_reference(copies: int) -> bytes:  # one 255-byte string referenced ``copies`` times through the memo
-    return (b"\x80\x02]q\x00(C\xff" + b"x" * 255 + b"q\x01" + b"h\x01" * copies + b"e]\x85\x86.")
+def _repeated_reference(copies: int) -> bytes:
+    """One 64 KiB bytearray referenced ``copies`` times through the memo: a copy per reference would be GBs."""
+    body = b"c__builtin__\nbytearray\nB" + struct.pack("<I", 1 << 16) + b"x" * (1 << 16) + b"\x85R"
+    return b"\x80\x02](" + body + b"q\x01" + b"h\x01" * copies + b"e]\x85\x86."
 
 
 def _bytearray_of_list() -> bytes:  # ([bytearray([1, 2]), b"cd"], [True]): only bytes or latin-1 text are copied
@@ -87,7 +89,7 @@ BOMBS = {
     "bytearray-size": (_bytearray_of_size(2**31 - 1), "bytearray(int) is not allowed"),
     "bytes8-length": (_binbytes8(10**11), "expected 100000000000 bytes"),
     "frame-length": (_frame(10**11), "claims 100000000000 bytes"),
-    "memo-repeat": (_repeated_reference(1_000_000), "more bytes than the file holds"),
+    "memo-repeat": (_repeated_reference(40_000), None),  # a valid file: read, every reference kept once
 }
 
 
@@ -111,8 +113,11 @@ def test_bin_bombs_are_refused_in_bounded_memory(tmp_path, case):
     path = tmp_path / f"{case}.bin"
     path.write_bytes(data)
     res, rss_mib = _inspect_limited(path)
-    assert res.returncode == 1
-    one_line_error(res, str(path), message)
+    if message is None:
+        assert res.returncode in (0, 1) and "internal error" not in res.stderr and "MemoryError" not in res.stderr
+    else:
+        assert res.returncode == 1
+        one_line_error(res, str(path), message)
     assert rss_mib < 700, rss_mib
 
 

@@ -8,8 +8,8 @@ allow-list) numpy bool arrays. Python-2 pickles (insightface's originals) are re
 Refusing code is not enough: a 97-byte pickle calling ``bytearray(1_500_000_000)`` asks for gigabytes. So memory
 is bounded by the file's size: the opcodes are walked first (a length field larger than the bytes left is refused
 before the C unpickler would allocate it), the allowed callables only copy data that is in the file (no integer
-sizes), and the decoded images together may not exceed the file's size (one string referenced many times through
-the pickle memo would otherwise be copied once per reference).
+sizes), and an image referenced many times through the pickle memo (``pack pairs`` writes each image once however
+many pairs use it) is kept once, not copied per reference.
 """
 
 from __future__ import annotations
@@ -135,25 +135,27 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
         raise CorruptFileError(f"{path}: not a safe verification .bin ({exc})") from None
     except Exception as exc:  # truncated/garbled pickles raise EOFError, ValueError, TypeError, ...
         raise CorruptFileError(f"{path}: not a readable .bin pickle ({type(exc).__name__}: {exc})") from None
-    return _validate(path, obj, len(data))
+    return _validate(path, obj)
 
 
-def _validate(path: Path, obj: Any, file_size: int) -> tuple[list[bytes], np.ndarray]:
+def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise CorruptFileError(f"{path}: expected a pair (images, issame), found {type(obj).__name__}")
     images, issame = obj
     if not isinstance(images, (list, tuple)):
         raise CorruptFileError(f"{path}: the image list is a {type(images).__name__}, not a list")
     bins: list[bytes] = []
-    total = 0
+    copies: dict[int, bytes] = {}  # one bytes copy per bytearray object, however often the memo repeats it
     for i, item in enumerate(images):
-        if not isinstance(item, (bytes, bytearray)):
+        if isinstance(item, bytes):
+            bins.append(item)
+        elif isinstance(item, bytearray):
+            copy = copies.get(id(item))
+            if copy is None:
+                copy = copies[id(item)] = bytes(item)
+            bins.append(copy)
+        else:
             raise CorruptFileError(f"{path}: image {i} is a {type(item).__name__}, not encoded image bytes")
-        total += len(item)
-        if total > file_size:  # each image's bytes are in the file once; more means references repeated
-            raise CorruptFileError(f"{path}: the images add up to more bytes than the file holds ({file_size}); "
-                                   "refusing a pickle that repeats references")
-        bins.append(bytes(item))
     if isinstance(issame, np.ndarray):
         if issame.dtype != np.bool_ or issame.ndim != 1:
             raise CorruptFileError(f"{path}: issame must be a 1-D bool array, found {issame.dtype} {issame.shape}")
