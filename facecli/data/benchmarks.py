@@ -101,10 +101,11 @@ def _check_lengths(data: bytes) -> None:
     """
     size = len(data)
     try:
-        for opcode, arg, pos in pickletools.genops(data):
-            if opcode.name == "FRAME" and arg > size - pos:
+        for opcode, arg, at in pickletools.genops(data):
+            pos = at or 0  # always set when reading bytes
+            if opcode.name == "FRAME" and int(arg or 0) > size - pos:
                 raise pickle.UnpicklingError(f"a frame at byte {pos} claims {arg} bytes; {size - pos} are left")
-            if opcode.name in _MEMO_OPCODES and int(arg) > size:  # picklers number memo entries 0, 1, 2, ...
+            if opcode.name in _MEMO_OPCODES and int(arg or 0) > size:  # picklers number memo entries 0, 1, 2, ...
                 raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} is larger than the file")
     except ValueError as exc:  # genops: "expected N bytes in a ..., but only M remain", unknown opcodes
         raise pickle.UnpicklingError(f"malformed pickle: {exc}") from None

@@ -103,7 +103,7 @@ def _image_keys(reader: RecordReader) -> tuple[list[int], str]:
         except (CorruptFileError, ValueError):
             header0 = None
         if header0 is not None and header0.flag > 0:
-            return [k for k in range(1, int(header0.label[0])) if k in reader], "ms1m"
+            return [k for k in range(1, int(first_label(header0.label))) if k in reader], "ms1m"
         return list(reader.keys), "flat"
     ms1m = 0 in reader and image_keys and image_keys[0] == 1 and len(image_keys) < len(reader)
     return image_keys, "ms1m" if ms1m else "flat"
