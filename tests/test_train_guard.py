@@ -239,3 +239,11 @@ def test_a_huge_learning_rate_never_leaves_a_non_finite_model(faces, tmp_path, n
         for section in ("backbone", "classifier", "head"):
             for name, value in state.get(section, {}).items():
                 assert not value.is_floating_point() or torch.isfinite(value).all(), (path.name, section, name)
+
+
+def test_finiteness_check_is_exact_for_huge_finite_values():
+    from facecli.train.trainer import _all_finite
+
+    assert _all_finite([torch.full((1000,), 3e38), torch.ones(3), torch.zeros(2, dtype=torch.long)])  # L2 overflows
+    assert not _all_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
+    assert not _all_finite([torch.tensor([float("-inf")]).bfloat16()])
