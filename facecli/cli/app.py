@@ -7,6 +7,7 @@ click's own usage errors), 130 interrupted. Errors are one line on stderr; ``--d
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import sys
 import threading
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         if _state["debug"]:
             traceback.print_exc()
         where = f"{exc.filename}: " if exc.filename else ""
-        _fail(f"{where}{exc.strerror or exc}", 1)
+        hint = " (a file stands where a folder is needed)" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else ""
+        _fail(f"{where}{exc.strerror or exc}{hint}", 1)
     except Exception as exc:  # a bug: still one line unless --debug
         if _state["debug"]:
             traceback.print_exc()
