@@ -217,6 +217,19 @@ def test_tampered_gallery_metadata_is_refused_on_load(tmp_path, change, message)
         Gallery.load(path)
 
 
+def test_tampered_gallery_norms_are_refused(tmp_path):
+    from facecli.gallery.store import Gallery
+
+    path = _gallery(tmp_path / "g.npz")
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    arrays["norms"][1] = np.nan
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(CorruptFileError, match="norms are not finite"):
+        Gallery.load(path)
+
+
 def test_tampered_gallery_on_the_command_line(tmp_path, run_cli):
     path = _gallery(tmp_path / "g.npz")
     _tamper(path, threshold_value=float("nan"))

@@ -294,6 +294,8 @@ class Gallery:
             return "identity names or paths are not text"
         if not (np.isfinite(t).all() and np.isfinite(e).all()):
             return "non-finite values in the embeddings"
+        if self.norms.dtype.kind != "f" or not np.isfinite(self.norms).all() or (self.norms < 0).any():
+            return "embedding norms are not finite non-negative numbers"
         if not self.model.get("fingerprint"):
             return "no model fingerprint"
         return None
