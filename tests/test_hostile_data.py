@@ -417,3 +417,15 @@ def test_a_model_without_an_embedding_output_is_refused(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     with pytest.raises(UsageError, match="one embedding per image"):
         load_model(path)
+
+
+def test_merge_with_a_damaged_shard_description_is_one_line(tmp_path, run_cli):
+    src = faces(tmp_path / "src", people=2, per=1)
+    out = tmp_path / "out"
+    assert run_cli("pack", src, out, "--shard", "0/1").returncode == 0
+    part = out / "train.part-000-of-001.json"
+    part.write_text('{"source": "x"', encoding="utf-8")
+    res = run_cli("pack", "--merge", out)
+    assert res.returncode == 1
+    one_line_error(res, str(part), "not a shard description")
+    assert not (out / "train.rec").exists()

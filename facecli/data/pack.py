@@ -51,7 +51,7 @@ from facecli.data.recordio import (
     unpack,
     write_property,
 )
-from facecli.errors import UsageError
+from facecli.errors import CorruptFileError, UsageError
 from facecli.fileio import atomic_write_text, new_file_mode, sha256_file
 
 LAYOUTS_OUT = ("ms1m", "flat")
@@ -476,6 +476,19 @@ def _finish(out: Path, name: str, result: PackResult, labels: list[tuple[int, st
 # Shards
 
 
+def _part_meta(path: Path) -> dict:
+    """A shard's ``NAME.part-I-of-N.json``, checked to be what ``--shard`` writes."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not all(key in meta for key in ("source", "settings", "identities", "result")):
+            raise ValueError("missing keys")
+    except FileNotFoundError:
+        raise UsageError(f"cannot merge: {path} is missing") from None
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        raise CorruptFileError(f"{path}: not a shard description written by pack --shard ({exc})") from None
+    return meta
+
+
 def part_name(name: str, index: int, count: int) -> str:
     return f"{name}.part-{index:03d}-of-{count:03d}"
 
@@ -499,7 +512,7 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
     missing = [i for i in range(total) if i not in parts]
     if missing:
         raise UsageError(f"cannot merge: shard(s) {', '.join(map(str, missing))} of {total} are missing in {out}")
-    metas = [json.loads(parts[i].with_suffix(".json").read_text(encoding="utf-8")) for i in range(total)]
+    metas = [_part_meta(parts[i].with_suffix(".json")) for i in range(total)]
     first = metas[0]
     result0 = first["result"]
     for meta in metas[1:]:
@@ -522,6 +535,9 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
                 rows = csv.DictReader(fh)
                 for (offset, record), row in zip(reader.scan(), rows):
                     header, payload = unpack(record)
+                    if not {"identity", "path", "source"} <= row.keys():
+                        raise CorruptFileError(f"{fh.name}: line {rows.line_num}: expected the columns "
+                                               "key,label,identity,path,source")
                     writer.add(int(header.label), payload, row["identity"], row["path"], row["source"])
                     advance(1)
             reader.close()
