@@ -8,6 +8,7 @@ timeout. Part of issue 14; the align/image cases live with the align tests.
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import pickle
 import resource
@@ -429,3 +430,15 @@ def test_merge_with_a_damaged_shard_description_is_one_line(tmp_path, run_cli):
     assert res.returncode == 1
     one_line_error(res, str(part), "not a shard description")
     assert not (out / "train.rec").exists()
+
+
+def test_pack_skips_fifos_and_devices_without_hanging(tmp_path, run_cli):
+    src = faces(tmp_path / "src", people=2, per=2)
+    os.mkfifo(src / "person0" / "p.jpg")  # open() would wait for a writer forever
+    (src / "person1" / "zero.jpg").symlink_to("/dev/zero")  # read() would never end
+    res = run_cli("pack", src, tmp_path / "out", "--json", timeout=60)
+    assert res.returncode == 0, res.stderr
+    result = res.json()
+    assert result["num_images"] == 4
+    assert sorted((s["path"], s["status"]) for s in result["skipped"]) == [
+        ("person0/p.jpg", "not_a_file"), ("person1/zero.jpg", "not_a_file")]

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from facecli.data.layouts import Identity, Layout, Sample, Selection
-from facecli.data.payloads import Encoding, prepare_many, probe
+from facecli.data.payloads import Encoding, prepare_many, probe, read_regular_file
 from facecli.data.recordio import (
     DEFAULT_REC_NAME,
     IRHeader,
@@ -147,15 +147,10 @@ def plan_pack(layout: Layout, selection: Selection, image_size: tuple[int, int] 
     return PackPlan(layout, selection, planned, len(dropped), size)
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
 def _first_size(samples: Sequence[Sample]) -> tuple[int, int] | None:
     for sample in samples:
         try:
-            info = probe(_read(sample.path))
+            info = probe(read_regular_file(sample.path))
         except Exception:
             continue
         return info.width, info.height
