@@ -8,8 +8,8 @@ timeout. Part of issue 14; the align/image cases live with the align tests.
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 import pickle
 import resource
 import struct
