@@ -125,6 +125,12 @@ def test_bin_bombs_are_refused_in_bounded_memory(tmp_path, case):
 def test_bin_refusals_in_the_library(tmp_path):
     from facecli.data.benchmarks import load_bin
 
+    os.mkfifo(tmp_path / "fifo.bin")
+    (tmp_path / "zero.bin").symlink_to("/dev/zero")
+    for special in ("fifo.bin", "zero.bin"):
+        with pytest.raises(UsageError, match="not a regular file"):
+            load_bin(tmp_path / special)
+
     path = tmp_path / "list.bin"
     path.write_bytes(_bytearray_of_list())
     with pytest.raises(CorruptFileError, match="bytearray\\(list\\) is not allowed"):

@@ -124,6 +124,8 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     pickle that tries to call anything, which is refused before it runs).
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever, /dev/zero never end
+        raise UsageError(f"{path} is not a regular file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
