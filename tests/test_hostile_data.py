@@ -256,6 +256,8 @@ def test_a_nan_threshold_option_is_refused():
         with pytest.raises(UsageError, match="--threshold"):
             threshold_of(g, bad)
     assert threshold_of(g, 0.3) == 0.3
+    above_every_score = float(np.nextafter(np.float32(1.0000001), np.float32(2)))  # what calibration can store
+    assert threshold_of(g, above_every_score) == above_every_score
 
 
 # ------------------------------------------------------------------------------------------------ pack

@@ -65,11 +65,15 @@ def compute_templates(
     return templates
 
 
+#: float32 cosines of unit vectors can exceed 1 by a few ulps, and a calibrated threshold sits one ulp above a score.
+_SCORE_BOUND = 1.0 + 1e-4
+
+
 def score_threshold_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be a cosine accept threshold (a finite number in [-1, 1]), or None."""
+    """Why ``value`` cannot be a cosine accept threshold (a finite number in [-1, 1], float32 rounding aside)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"the threshold is a {type(value).__name__}, not a number"
-    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+    if not math.isfinite(value) or not -_SCORE_BOUND <= value <= _SCORE_BOUND:
         return f"the threshold {value!r} is not a cosine score in [-1, 1]"
     return None
 
