@@ -450,3 +450,15 @@ def test_pack_skips_fifos_and_devices_without_hanging(tmp_path, run_cli):
     assert result["num_images"] == 4
     assert sorted((s["path"], s["status"]) for s in result["skipped"]) == [
         ("person0/p.jpg", "not_a_file"), ("person1/zero.jpg", "not_a_file")]
+
+
+def test_a_weights_file_with_a_tensor_larger_than_itself_is_refused(tmp_path):
+    import torch
+
+    from facecli.nn.inference import read_weights
+
+    path = tmp_path / "view.pt"
+    torch.save({"w": torch.zeros(1).expand(10**9)}, path)  # a stride-0 view: 4 GB described by 4 bytes
+    assert path.stat().st_size < 10_000
+    with pytest.raises(CorruptFileError, match="claims more bytes than the file"):
+        read_weights(path)
