@@ -247,3 +247,21 @@ def test_finiteness_check_is_exact_for_huge_finite_values():
     assert _all_finite([torch.full((1000,), 3e38), torch.ones(3), torch.zeros(2, dtype=torch.long)])  # L2 overflows
     assert not _all_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
     assert not _all_finite([torch.tensor([float("-inf")]).bfloat16()])
+
+
+def test_non_finite_running_statistics_reject_the_step_and_say_so(faces, tmp_path):
+    class PoisonStatistics:
+        def on_train_start(self, trainer):
+            pass
+
+        def on_step_end(self, trainer, metrics):
+            if trainer.step == 1:  # a running variance overflowed: the next forward keeps it inf, the loss stays finite
+                bn = next(m for m in trainer.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+                bn.running_var[0] = float("inf")
+
+        def on_train_end(self, trainer, summary):
+            pass
+
+    cfg = tiny_config(faces, tmp_path / "run", steps=3, head__name="arcface")
+    with pytest.raises(NonFiniteError, match="non-finite running statistics or head state at step 2"):
+        Trainer(cfg, callbacks=[PoisonStatistics()]).fit()

@@ -368,8 +368,9 @@ class Trainer:
         max_logit = torch.stack(extremes).max()
         self.scaler.unscale_(self.optimizer)
         grad_norm = self._clip_and_measure(freeze)
+        stats_ok = _all_finite(buffers)
         bad = (not bool(torch.isfinite(loss)) or (not self.scaler.is_enabled() and not math.isfinite(grad_norm))
-               or not _all_finite(buffers))
+               or not stats_ok)
         if self.world_size > 1:
             flags = torch.tensor([float(bad)], device=self.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -377,7 +378,7 @@ class Trainer:
             loss = distributed.all_reduce_mean(loss)
         if bad:
             torch._foreach_copy_(buffers, before)  # a rejected step leaves no trace, in BatchNorm or head state
-            self._handle_nonfinite(float(loss), float(max_logit), grad_norm, rng_before)
+            self._handle_nonfinite(float(loss), float(max_logit), grad_norm, rng_before, stats_ok)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler.is_enabled():
                 self.scaler.update()
@@ -412,8 +413,9 @@ class Trainer:
             total = total + p.grad.detach().float().pow(2).sum()
         return float(total.sqrt())
 
-    def _handle_nonfinite(self, loss: float, max_logit: float, grad_norm: float, rng_before: dict[str, Any]) -> None:
-        what = "loss" if not math.isfinite(loss) else "gradient"
+    def _handle_nonfinite(self, loss: float, max_logit: float, grad_norm: float, rng_before: dict[str, Any],
+                          stats_ok: bool) -> None:
+        what = "loss" if not math.isfinite(loss) else "gradient" if stats_ok else "running statistics or head state"
         lr = self.optimizer.param_groups[-1]["lr"]
         where = (f"non-finite {what} at step {self.step + 1} (head {self.cfg.head.name}, largest |logit| "
                  f"{max_logit:.4g}, loss {loss:.4g}, gradient norm {grad_norm:.4g}, lr {lr:.4g})")
