@@ -217,7 +217,8 @@ def eval_command(
                 data = loaded_bins[b.name]
                 with ui.progress(f"{label} · {b.name}", len(data[0])) as advance:
                     run = runner.evaluate_bin(
-                        m, b, data, flip_mode, 10 if nfolds is None else nfolds, workers, cache, advance, bootstrap, quality_threshold
+                        m, b, data, flip_mode, 10 if nfolds is None else nfolds, workers, cache, advance, bootstrap,
+                        quality_threshold,
                     )
                 entries.append(_verification_entry(ui, label, run))
             elif b.kind == "ijb" and features is None:

@@ -9,8 +9,8 @@ Fixed AdaCos uses s = √2 · log(C - 1). Dynamic AdaCos re-estimates s at every
 and the step's logits use the new s. The current s is a registered buffer (``scale``), so checkpoints and
 ``--resume`` restore it. The logits are multiplied by a copy of s, never by the buffer itself: the next training
 forward overwrites the buffer, and a graph that still held it (two forwards, then one backward, as gradient
-accumulation does) could not be differentiated. Under DDP the statistics are taken over the global batch (B_avg averaged over ranks, the
-median over the gathered target angles), as the paper's batch is the whole mini-batch.
+accumulation does) could not be differentiated. Under DDP the statistics are taken over the global batch (B_avg
+averaged over ranks, the median over the gathered target angles), as the paper's batch is the whole mini-batch.
 """
 
 from __future__ import annotations

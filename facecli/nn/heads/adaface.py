@@ -4,13 +4,14 @@
     g_angle  = -m · ẑ,   g_add = m · ẑ + m
     logit_y  = s · (cos(clip(θ_y + g_angle, ε, π - ε)) - g_add)
 
-Low-norm (low-quality) faces, ẑ → -1, get g_angle = +m and g_add = 0: exactly ArcFace's angular margin.
-High-norm (high-quality) faces, ẑ → 1, get g_angle = -m and g_add = 2m: a CosFace-like additive margin (on a
-slightly reduced angle). In between, the margin moves continuously from the one to the other. As in the official
-head, every cosine (the non-target ones too) is clamped to [-1 + ε, 1 - ε], ε = 1e-3, before the margin. The norms are detached (no gradient through the margin) and clipped to
-[0.001, 100]. μ and σ are registered buffers (``batch_mean``, ``batch_std``; initial 20 and 100 as in the official
-code) updated at every training step with μ ← α·mean + (1-α)·μ, α = ``t_alpha``; under DDP the mean and the
-(unbiased) std are those of the global batch. A batch of one norm has no std, so σ is then left unchanged.
+Low-norm (low-quality) faces, ẑ → -1, get g_angle = +m and g_add = 0: exactly ArcFace's angular margin. High-norm
+(high-quality) faces, ẑ → 1, get g_angle = -m and g_add = 2m: a CosFace-like additive margin (on a slightly reduced
+angle). In between, the margin moves continuously from the one to the other. As in the official head, every cosine
+(the non-target ones too) is clamped to [-1 + ε, 1 - ε], ε = 1e-3, before the margin. The norms are detached (no
+gradient through the margin) and clipped to [0.001, 100]. μ and σ are registered buffers (``batch_mean``,
+``batch_std``; initial 20 and 100 as in the official code) updated at every training step with μ ← α·mean +
+(1-α)·μ, α = ``t_alpha``; under DDP the mean and the (unbiased) std are those of the global batch. A batch of one
+norm has no std, so σ is then left unchanged.
 
 Defaults (the official repository disagrees with itself): its ``head.py`` says m=0.4, h=0.333, t_alpha=1.0 (no EMA
 at all), its ``config.py`` says m=0.5, h=0.0 (no adaptivity), t_alpha=0.01, and its published training scripts pass
