@@ -81,3 +81,22 @@ def test_unpack_im2rec_output(golden, run_cli, tmp_path):
     sources = {p.read_bytes() for p in (golden / "src").rglob("*.jpg")}
     assert {f.read_bytes() for f in files} == sources
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["000000", "000001", "000002", "000003", "000004"]
+
+
+@pytest.mark.parametrize("case", ["truncated", "bad_magic", "idx_past_end", "idx_inside_record"])
+def test_unpack_writes_every_readable_record_and_names_the_bad_ones(golden, run_cli, tmp_path, case):
+    expected = json.loads((golden / "expected.json").read_text(encoding="utf-8"))["sets"]["corrupt"][case]
+    check = run_cli("inspect", golden / "corrupt" / f"{case}.rec", "--check", "--json").json()["check"]["bad"]
+    res = run_cli("unpack", golden / "corrupt" / f"{case}.rec", tmp_path / "out", "--json")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("facecli: error:") and "damaged record" in res.stderr
+    result = res.json()
+    bad = {item["key"]: item["offset"] for item in result["bad"]}
+    assert bad == {item["key"]: item["offset"] for item in check}  # by key and offset, as inspect --check
+    assert expected["bad_key"] in bad and not set(bad) & set(expected["keys_ok"])
+    written = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert result["images"] == len(written) > 0
+    from facecli.data.recordio import RecordReader
+
+    records = len(RecordReader(golden / "corrupt" / f"{case}.rec"))  # flat files: every record is an image
+    assert len(written) == records - len(bad)  # every readable record is written

@@ -9,7 +9,7 @@ import pytest
 from facecli.errors import CorruptFileError, UsageError
 from facecli.eval import embed, load_model
 from facecli.eval.embed import embed_with_flip
-from facecli.eval.models import OnnxEmbeddingModel, default_batch_size, parse_channels
+from facecli.eval.models import OnnxEmbeddingModel, check_normalisation, default_batch_size, parse_channels
 
 IMAGENET_MEAN = "123.675,116.28,103.53"
 IMAGENET_STD = "58.395,57.12,57.375"
@@ -275,5 +275,13 @@ def test_bad_model_inputs(tmp_path):
         load_model(tmp_path / "broken.onnx")
     with pytest.raises(UsageError, match="one value or one per channel"):
         parse_channels("1,2", "mean")
-    with pytest.raises(UsageError, match="zero"):
+    with pytest.raises(UsageError, match="std must be positive"):
         parse_channels("0", "std")
+    for bad, what, message in [("-1", "std", "positive"), ("inf", "std", "finite"), ("nan", "mean", "finite"),
+                               ("300", "mean", "0-255")]:
+        with pytest.raises(UsageError, match=message):
+            parse_channels(bad, what)
+    with pytest.raises(UsageError, match="0-1 pixels.*58.395"):  # ImageNet statistics in 0-1 units
+        check_normalisation(parse_channels("0.485,0.456,0.406", "mean"), parse_channels("0.229,0.224,0.225", "std"))
+    check_normalisation((127.5,) * 3, (127.5,) * 3)
+    check_normalisation((0.0,) * 3, (1.0,) * 3)  # raw 0-255 pixels: allowed

@@ -152,7 +152,7 @@ def ref_adaface(head, cos, labels, norms, state):
                                                                                           dtype=torch.float64))
         return torch.cos(theta_m) - (head.m + head.m * z)
 
-    return _rows(cos, labels, target, lambda i, j: cos[i, j], head.s)
+    return _rows(cos, labels, target, lambda i, j: cos[i, j].clamp(-1 + eps, 1 - eps), head.s)
 
 
 def ref_adaptiveface(head, cos, labels, norms, state, margins=None):

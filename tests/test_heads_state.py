@@ -96,6 +96,42 @@ def test_adacos_starts_from_the_fixed_scale_and_adapts():
     assert head.scale.item() != pytest.approx(math.sqrt(2) * math.log(C - 1))
 
 
+def test_adacos_two_forwards_then_one_backward():
+    """Gradient accumulation: the second forward updates the scale while the first graph is still alive."""
+    head = build_head("adacos", C, 16).train()
+    cos_a, labels_a, _ = step_batch(0)
+    cos_b, labels_b, _ = step_batch(1)
+    a, b = cos_a.clone().requires_grad_(True), cos_b.clone().requires_grad_(True)
+    scale_a = head.scale.item()
+    logits_a = head(a, labels_a)
+    scale_used_a = head.scale.item()
+    logits_b = head(b, labels_b)
+    assert head.scale.item() != scale_used_a != scale_a
+    (logits_a.sum() + logits_b.sum()).backward()
+    torch.testing.assert_close(a.grad, torch.full_like(a, scale_used_a))  # d(s·cos)/dcos with the step's own s
+
+
+def test_adaface_clamps_the_non_target_cosines_like_the_official_head():
+    head = build_head("adaface", C, 16).eval()
+    cos = torch.zeros(2, C)
+    cos[0, 4], cos[1, 5] = 1.0, -1.0  # non-target cosines at the ends of the range
+    logits = head(cos, torch.tensor([0, 1]), torch.tensor([20.0, 20.0])) / head.s
+    assert logits[0, 4].item() == pytest.approx(1 - 1e-3) and logits[1, 5].item() == pytest.approx(-1 + 1e-3)
+    assert logits[0, 3].item() == 0.0
+
+
+def test_adaface_low_norm_gets_the_arcface_margin_and_high_norm_the_additive_one():
+    head = build_head("adaface", C, 16, h=1.0).eval()
+    head.batch_mean.fill_(20.0)
+    head.batch_std.fill_(1.0)
+    theta = 1.0
+    cos = torch.full((2, C), 0.1)
+    cos[:, 0] = math.cos(theta)
+    logits = head(cos, torch.tensor([0, 0]), torch.tensor([5.0, 50.0])) / head.s  # ẑ = -1 and +1
+    assert logits[0, 0].item() == pytest.approx(math.cos(theta + head.m), abs=1e-5)  # ArcFace: cos(θ + m)
+    assert logits[1, 0].item() == pytest.approx(math.cos(theta - head.m) - 2 * head.m, abs=1e-5)
+
+
 def test_adaface_single_norm_keeps_the_std():
     head = build_head("adaface", C, 16).train()
     head(torch.zeros(1, C), torch.tensor([2]), torch.tensor([30.0]))

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from facecli.nn.heads import build_head
+from facecli.nn.heads.sphereface import multiplicative_angular
 
 
 def naive_logits(cosine: torch.Tensor, labels: torch.Tensor, s: float, target_fn) -> torch.Tensor:
@@ -121,11 +122,18 @@ def test_sphereface_lambda_anneals_with_a_buffer_counter():
     head = build_head("sphereface", 6, 16)
     assert head.current_lambda() == 1000.0
     cosine, labels = make_batch()
+    cosine[0, labels[0]] = 0.3  # ψ(θ) far from cos θ: the blend shows which λ was used
     head.train()
+    lambdas = []
     for _ in range(3):
-        head(cosine, labels)
+        out = head(cosine, labels)
+        lambdas.append(head.current_lambda())
     assert int(head.iteration) == 3
-    assert head.current_lambda() == pytest.approx(1000.0 / (1 + 0.12 * 3))
+    # Caffe's MarginInnerProductLayer counts the forward first: the first training step uses λ = 1000/1.12
+    assert lambdas == pytest.approx([1000.0 / (1 + 0.12 * k) for k in (1, 2, 3)])
+    assert lambdas[0] == pytest.approx(892.857, abs=1e-3)
+    expect = (lambdas[-1] * cosine[0, labels[0]] + multiplicative_angular(cosine[0, labels[0]], 4)) / (1 + lambdas[-1])
+    assert out[0, labels[0]].item() == pytest.approx(64.0 * expect.item(), rel=1e-5)
     assert "iteration" in head.state_dict()
     head.iteration.fill_(10**6)
     assert head.current_lambda() == 5.0  # λ_min
@@ -156,12 +164,11 @@ def test_combined_interclass_filtering_zeroes_dirty_negatives_only():
     head = build_head("combined", 6, 16, m2=0.0, interclass_filtering_threshold=0.5)
     cosine, labels = make_batch(3, edge=False)
     cosine[0, 3] = 0.9  # a dirty negative in a labelled row
-    cosine[6, 2] = 0.9  # the unlabelled row is left alone
+    cosine[6, 2] = 0.9  # a row labelled -1 (its target on another Partial FC rank) is filtered too, as arcface_torch
     out = head(cosine, labels) / 64.0
-    assert out[0, 3] == 0.0 and out[6, 2] == pytest.approx(0.9)
+    assert out[0, 3] == 0.0 and out[6, 2] == 0.0
     expect = cosine.clone()
     mask = cosine > 0.5
-    mask[6] = False
     mask[torch.arange(6), labels[:6]] = False
     expect[mask] = 0.0
     torch.testing.assert_close(out, expect)

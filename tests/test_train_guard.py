@@ -174,3 +174,94 @@ def test_neck_option_wraps_the_backbone_and_reloads(faces, tmp_path):
     assert info["neck"] == "groupface" and info["neck_options"] == {"groups": 4}
     with torch.no_grad():
         assert model(torch.randn(2, 3, 112, 112)).shape == (2, 32)
+
+
+class Snapshots:
+    """Every buffer (BatchNorm statistics, head and centre-loss state) at the end of each step."""
+
+    def __init__(self, poison_after: int) -> None:
+        self.poison_after = poison_after
+        self.buffers: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_start(self, trainer):
+        self.buffers[0] = {k: v.clone() for k, v in trainer.model.named_buffers()}
+
+    def on_step_end(self, trainer, metrics):
+        if trainer.step == self.poison_after:
+            with torch.no_grad():
+                trainer.model.classifier.weight[0, 0] = float("nan")  # the next loss is NaN, its forward still runs
+        self.buffers[trainer.step] = {k: v.clone() for k, v in trainer.model.named_buffers()}
+
+    def on_train_end(self, trainer, summary):
+        pass
+
+
+@pytest.mark.parametrize("head", ["adacos", "curricularface", "adaface", "sphereface"])
+def test_a_skipped_batch_leaves_no_trace_in_running_statistics_or_head_state(faces, tmp_path, head):
+    cfg = tiny_config(faces, tmp_path / "run", steps=3, head__name=head, head__aux="center", nonfinite="skip")
+    watch = Snapshots(poison_after=1)
+    summary = Trainer(cfg, callbacks=[watch]).fit()
+    assert summary["skipped_batches"] == 2  # the weight stays NaN: steps 2 and 3 are skipped
+    before, after = watch.buffers[1], watch.buffers[3]
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == []
+    # the accepted step 1 did move them (so the comparison above could fail)
+    assert any(not torch.equal(watch.buffers[0][k], before[k]) for k in before if k.startswith("backbone."))
+    assert any(not torch.equal(watch.buffers[0][k], before[k]) for k in before if k.startswith(("head.", "aux.")))
+
+
+def test_the_saved_state_before_a_bad_step_is_the_state_before_it(faces, tmp_path):
+    cfg = tiny_config(faces, tmp_path / "run", steps=3, head__name="adacos")
+    watch = Snapshots(poison_after=1)
+    with pytest.raises(NonFiniteError):
+        Trainer(cfg, callbacks=[watch]).fit()
+    state = torch.load(tmp_path / "run" / "nonfinite-step2.pt", weights_only=True)
+    for key, value in watch.buffers[1].items():
+        section, _, name = key.partition(".")
+        assert torch.equal(state[section][name], value), key
+
+
+@pytest.mark.parametrize("nonfinite", ["stop", "skip"])
+def test_a_huge_learning_rate_never_leaves_a_non_finite_model(faces, tmp_path, nonfinite):
+    cfg = tiny_config(faces, tmp_path / "run", steps=6, optim__lr=1e6, optim__clip_grad_norm=0.0,
+                      head__name="arcface", nonfinite=nonfinite)
+    trainer = Trainer(cfg)
+    try:
+        trainer.fit()
+    except NonFiniteError:
+        assert not (tmp_path / "run" / "model.pt").exists()
+    else:
+        assert nonfinite == "skip" and trainer.skipped_batches > 0
+    saved = sorted((tmp_path / "run").glob("*.pt"))
+    assert saved
+    for path in saved:
+        state = torch.load(path, weights_only=True)
+        for section in ("backbone", "classifier", "head"):
+            for name, value in state.get(section, {}).items():
+                assert not value.is_floating_point() or torch.isfinite(value).all(), (path.name, section, name)
+
+
+def test_finiteness_check_is_exact_for_huge_finite_values():
+    from facecli.train.trainer import _all_finite
+
+    assert _all_finite([torch.full((1000,), 3e38), torch.ones(3), torch.zeros(2, dtype=torch.long)])  # L2 overflows
+    assert not _all_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
+    assert not _all_finite([torch.tensor([float("-inf")]).bfloat16()])
+
+
+def test_non_finite_running_statistics_reject_the_step_and_say_so(faces, tmp_path):
+    class PoisonStatistics:
+        def on_train_start(self, trainer):
+            pass
+
+        def on_step_end(self, trainer, metrics):
+            if trainer.step == 1:  # a running variance overflowed: the next forward keeps it inf, the loss stays finite
+                bn = next(m for m in trainer.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+                bn.running_var[0] = float("inf")
+
+        def on_train_end(self, trainer, summary):
+            pass
+
+    cfg = tiny_config(faces, tmp_path / "run", steps=3, head__name="arcface")
+    with pytest.raises(NonFiniteError, match="non-finite running statistics or head state at step 2"):
+        Trainer(cfg, callbacks=[PoisonStatistics()]).fit()

@@ -77,3 +77,20 @@ def test_fresh_run_refuses_to_overwrite_and_resume_needs_a_run(faces, tmp_path):
         Trainer(tiny_config(faces, tmp_path / "run", steps=1)).fit()
     with pytest.raises(UsageError, match="nothing to resume"):
         resolve_run_config(tmp_path / "nothing", {})
+
+
+def test_resume_refuses_incompatible_changes_and_allows_more_steps(faces, tmp_path, run_cli):
+    run = tmp_path / "run"
+    Trainer(tiny_config(faces, run, steps=2, checkpoint_every=1)).fit()
+    config = (run / "config.toml").read_bytes()
+    for key, value in [("head.name", "cosface"), ("batch_size", 4), ("seed", 7), ("model.backbone", "iresnet18"),
+                       ("optim.lr", 0.5), ("head.m", 0.3), ("schedule.name", "cosine"), ("amp", "bf16")]:
+        with pytest.raises(UsageError, match=f"--resume cannot change {key.replace('head.m', 'head.options')}"):
+            resolve_run_config(run, {key: value})
+    res = run_cli("train", "--resume", str(run), "--head", "cosface")
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "facecli: error: --resume cannot change head.name (the run has 'arcface', asked 'cosface'): the saved state "
+        "belongs to the old setting; start a new run (--out, --init to reuse the weights) instead"]
+    assert (run / "config.toml").read_bytes() == config  # nothing rewritten
+    cfg = resolve_run_config(run, {"steps": 3, "data.workers": 0, "log_every": 2})
+    assert Trainer(cfg, resume=True).fit()["steps"] == 3

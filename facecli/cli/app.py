@@ -7,6 +7,7 @@ click's own usage errors), 130 interrupted. Errors are one line on stderr; ``--d
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import sys
 import threading
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc).replace("\n", " "), exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except OSError as exc:  # the environment (full disk, permissions, a file where a folder must be), not a bug
+        if _state["debug"]:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = " (a file stands where a folder is needed)" if exc.errno in (errno.EEXIST, errno.ENOTDIR) else ""
+        _fail(f"{where}{exc.strerror or exc}{hint}", 1)
     except Exception as exc:  # a bug: still one line unless --debug
         if _state["debug"]:
             traceback.print_exc()

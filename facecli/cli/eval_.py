@@ -151,7 +151,7 @@ def eval_command(
     """Evaluate face-recognition models on verification benchmarks (.bin, LFW pairs) and IJB-B/C."""
     from facecli.eval import ijb, report, runner
     from facecli.eval.embed import FLIP_MODES
-    from facecli.eval.models import load_model, parse_channels
+    from facecli.eval.models import check_normalisation, load_model, parse_channels
 
     ui = UI(json=json_out, verbose=verbose, quiet=quiet)
     flip_mode = "none" if no_flip else (flip or "sum")
@@ -175,7 +175,7 @@ def eval_command(
         raise UsageError("nothing to evaluate: give --bench, --pairs/--images or --embeddings/--issame")
     if needs_model and not model:
         raise UsageError("--model is required to embed images")
-    parse_channels(mean, "mean"), parse_channels(std, "std")  # fail before any model loads
+    check_normalisation(parse_channels(mean, "mean"), parse_channels(std, "std"))  # fail before any model loads
     if any(b.kind == "ijb" for b in benches):
         if flip_mode == "concat":
             raise UsageError("IJB uses --flip sum or --flip none (insightface sums the two halves)")
@@ -186,7 +186,7 @@ def eval_command(
     if embeddings is not None:
         assert issame is not None
         result, quality = runner.evaluate_embeddings(
-            embeddings, issame, embeddings_flip, nfolds or 10, bootstrap, quality_threshold
+            embeddings, issame, embeddings_flip, 10 if nfolds is None else nfolds, bootstrap, quality_threshold
         )
         flip_used = "sum" if embeddings_flip else "none"
         info = {"flip": flip_used, "quality": quality.to_dict()}
@@ -217,7 +217,8 @@ def eval_command(
                 data = loaded_bins[b.name]
                 with ui.progress(f"{label} · {b.name}", len(data[0])) as advance:
                     run = runner.evaluate_bin(
-                        m, b, data, flip_mode, nfolds or 10, workers, cache, advance, bootstrap, quality_threshold
+                        m, b, data, flip_mode, 10 if nfolds is None else nfolds, workers, cache, advance, bootstrap,
+                        quality_threshold,
                     )
                 entries.append(_verification_entry(ui, label, run))
             elif b.kind == "ijb" and features is None:

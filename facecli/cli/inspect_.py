@@ -92,8 +92,8 @@ def unpack(
     rec_file = find_record_file(rec)
     with ui.progress("unpacking", len(RecordReader(rec_file))) as advance:
         result = unpack_records(rec_file, out, advance=advance)
-    for line in result.bad[:20]:
-        ui.warn(line)
+    for bad in result.bad[:20]:
+        ui.warn(f"record {bad['key']} at byte {bad['offset']}: {bad['error']}")
 
     def render(console) -> None:
         console.print(f"wrote {result.images} images of {result.identities} identities to {out} "
@@ -101,7 +101,7 @@ def unpack(
 
     ui.result(asdict(result), render)
     if result.bad:
-        raise FacecliError(f"{len(result.bad)} damaged record(s) skipped")
+        raise FacecliError(f"{len(result.bad)} damaged record(s) skipped ({result.images} written)")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,12 @@ A ``.bin`` is a pickle of ``(list_of_encoded_images, issame)`` where pair ``i`` 
 These files are downloaded from the internet and a plain ``pickle.load`` would run whatever code they name, so
 they are read with an unpickler that can build only lists, tuples, bytes, bools, ints and (through an explicit
 allow-list) numpy bool arrays. Python-2 pickles (insightface's originals) are read with ``encoding='bytes'``.
+
+Refusing code is not enough: a 97-byte pickle calling ``bytearray(1_500_000_000)`` asks for gigabytes. So memory
+is bounded by the file's size: the opcodes are walked first (a length field larger than the bytes left is refused
+before the C unpickler would allocate it), the allowed callables only copy data that is in the file (no integer
+sizes), and an image referenced many times through the pickle memo (``pack pairs`` writes each image once however
+many pairs use it) is kept once, not copied per reference.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,14 +55,23 @@ def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+def _copy_bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
+    """``bytearray`` for the unpickler: a copy of bytes (or latin-1 text) the file holds, never a size to allocate."""
+    if isinstance(source, (bytes, bytearray)) and encoding is None:
+        return bytearray(source)
+    if isinstance(source, str) and encoding in ("latin1", "latin-1"):
+        return bytearray(source.encode("latin1"))
+    raise pickle.UnpicklingError(f"bytearray({type(source).__name__}) is not allowed in a .bin file")
+
+
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     ("numpy", "dtype"): _safe_dtype,
     ("numpy", "ndarray"): _NdarrayToken,
     ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("_codecs", "encode"): _latin1_encode,
-    ("__builtin__", "bytearray"): bytearray,
-    ("builtins", "bytearray"): bytearray,
+    ("__builtin__", "bytearray"): _copy_bytearray,
+    ("builtins", "bytearray"): _copy_bytearray,
 }
 
 
@@ -72,8 +88,32 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed in a .bin file")
 
 
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def _check_lengths(data: bytes) -> None:
+    """Walk the opcodes: every length field (strings, bytes, frames) must fit in the bytes that follow it, and
+    every memo index must be one a pickler could have numbered in a file this size.
+
+    The C unpickler allocates a declared length before reading it, so a 20-byte file declaring a 10 GB string
+    would take 10 GB; ``pickletools.genops`` reads with ``BytesIO.read``, which returns only what is there. A memo
+    index of 2**31 would likewise grow the unpickler's memo table to 2**31 slots (16 GB), all set to NULL.
+    """
+    size = len(data)
+    try:
+        for opcode, arg, at in pickletools.genops(data):
+            pos = at or 0  # always set when reading bytes
+            if opcode.name == "FRAME" and int(arg or 0) > size - pos:
+                raise pickle.UnpicklingError(f"a frame at byte {pos} claims {arg} bytes; {size - pos} are left")
+            if opcode.name in _MEMO_OPCODES and int(arg or 0) > size:  # picklers number memo entries 0, 1, 2, ...
+                raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} is larger than the file")
+    except ValueError as exc:  # genops: "expected N bytes in a ..., but only M remain", unknown opcodes
+        raise pickle.UnpicklingError(f"malformed pickle: {exc}") from None
+
+
 def safe_unpickle(data: bytes) -> Any:
-    """Unpickle ``data`` with the restricted unpickler (Python-2 strings come back as bytes)."""
+    """Unpickle ``data`` with the restricted unpickler (Python-2 strings come back as bytes), memory bounded."""
+    _check_lengths(data)
     return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
 
 
@@ -84,6 +124,8 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     pickle that tries to call anything, which is refused before it runs).
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever, /dev/zero never end
+        raise UsageError(f"{path} is not a regular file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -106,9 +148,15 @@ def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
     if not isinstance(images, (list, tuple)):
         raise CorruptFileError(f"{path}: the image list is a {type(images).__name__}, not a list")
     bins: list[bytes] = []
+    copies: dict[int, bytes] = {}  # one bytes copy per bytearray object, however often the memo repeats it
     for i, item in enumerate(images):
-        if isinstance(item, (bytes, bytearray)):
-            bins.append(bytes(item))
+        if isinstance(item, bytes):
+            bins.append(item)
+        elif isinstance(item, bytearray):
+            copy = copies.get(id(item))
+            if copy is None:
+                copy = copies[id(item)] = bytes(item)
+            bins.append(copy)
         else:
             raise CorruptFileError(f"{path}: image {i} is a {type(item).__name__}, not encoded image bytes")
     if isinstance(issame, np.ndarray):
@@ -116,8 +164,10 @@ def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
             raise CorruptFileError(f"{path}: issame must be a 1-D bool array, found {issame.dtype} {issame.shape}")
         flags = issame.copy()
     elif isinstance(issame, (list, tuple)):
-        if not all(isinstance(v, (bool, int)) and v in (0, 1) for v in issame):
-            raise CorruptFileError(f"{path}: issame must hold only booleans")
+        wrong = next((i for i, v in enumerate(issame) if not (isinstance(v, (bool, int)) and v in (0, 1))), None)
+        if wrong is not None:
+            raise CorruptFileError(f"{path}: issame must hold only booleans (True/False or 0/1); pair {wrong} holds "
+                                   f"{type(issame[wrong]).__name__} {issame[wrong]!r}")
         flags = np.array([bool(v) for v in issame], dtype=bool)
     else:
         raise CorruptFileError(f"{path}: issame is a {type(issame).__name__}, not a list of booleans")

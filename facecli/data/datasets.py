@@ -86,7 +86,7 @@ class RecordDataset(FaceDataset):
     """An insightface record file (MS1M layout or flat) read with facecli's own RecordIO reader."""
 
     def __init__(self, rec_path: str | os.PathLike) -> None:
-        from facecli.data.recordio import RecordReader, read_ms1m_layout, read_property
+        from facecli.data.recordio import RecordReader, read_ms1m_layout, read_property, sidecar_path
 
         self.rec_path = Path(rec_path)
         self.reader = RecordReader(self.rec_path)
@@ -98,8 +98,9 @@ class RecordDataset(FaceDataset):
         if self.labels.min() < 0:
             raise CorruptFileError(f"{self.rec_path}: negative class labels")
         num_classes = int(self.labels.max()) + 1
-        if (self.rec_path.parent / "property").is_file():
-            num_classes = max(num_classes, read_property(self.rec_path.parent)[0])
+        prop = sidecar_path(self.rec_path, "property")
+        if prop.is_file():
+            num_classes = max(num_classes, read_property(prop)[0])
         self.num_classes = num_classes
         self.source = str(self.rec_path)
 

@@ -24,6 +24,7 @@ from facecli.data.recordio import (
     read_framed,
     read_ms1m_layout,
     read_property,
+    sidecar_path,
     unpack,
 )
 from facecli.data.unpack import find_record_file
@@ -126,9 +127,9 @@ def inspect_rec(path: Path, check: bool = False, samples: int = 0,
     info["identities"] = len(per_label)
     info["label_range"] = [int(labels.min()), int(labels.max())] if len(labels) else None
     info["images_per_identity"] = _histogram(list(per_label.values()))
-    if (rec.parent / "property").is_file():
+    if sidecar_path(rec, "property").is_file():
         try:
-            num_classes, h, w = read_property(rec.parent)
+            num_classes, h, w = read_property(sidecar_path(rec, "property"))
             info["property"] = {"num_classes": num_classes, "height": h, "width": w}
         except CorruptFileError as exc:
             info["property_error"] = str(exc)

@@ -274,6 +274,8 @@ class CsvLayout:
         for lineno, row in enumerate(rows, 1):
             if len(row) < 2:
                 raise UsageError(f"{labels}: row {lineno} needs path,label: {row!r}")
+            if not row[0].strip() or not row[1].strip():  # an empty label would become an identity named ""
+                raise UsageError(f"{labels}: row {lineno} has an empty {'path' if not row[0].strip() else 'label'}")
             path, rel = _resolve_listed(self.src, row[0].strip())
             samples.append(Sample(path, rel, nfc(row[1].strip())))
         return _grouped(samples)

@@ -13,14 +13,21 @@ Output layouts (``layout_out``):
   ``IRHeader(0, label, key, 0)``; then one record per identity, label ``[start, end)`` of its image keys; then
   the header record key 0, label ``[first identity key, one past the last]``, ``id2 = 1``, written last.
 * ``flat`` (im2rec style): images are keys ``0..N-1`` with ``IRHeader(0, label, key, 0)``, nothing else.
+
+Sidecar files belong to one pack: the default name ``train`` writes insightface's fixed ``property``,
+``labels.csv``, ``records.csv`` and ``pack.json``; ``--name NAME`` writes ``NAME.property``, ``NAME.labels.csv``, ...
+(:func:`facecli.data.recordio.sidecar_path`), so a second pack in the same folder never overwrites the first's.
+Temporary files (``.NAME.rec.*.tmp``, ...) are removed when a pack fails, and left-overs of a killed pack are
+removed when the same pack is written again.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import csv
 import functools
-import hashlib
+import glob
 import io
 import itertools
 import json
@@ -33,13 +40,22 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from facecli.data.layouts import Identity, Layout, Sample, Selection
-from facecli.data.payloads import Encoding, prepare_many, probe
-from facecli.data.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack, write_property
-from facecli.errors import UsageError
+from facecli.data.payloads import Encoding, prepare_many, probe, read_regular_file
+from facecli.data.recordio import (
+    DEFAULT_REC_NAME,
+    IRHeader,
+    RecordReader,
+    RecordWriter,
+    pack,
+    sidecar_path,
+    unpack,
+    write_property,
+)
+from facecli.errors import CorruptFileError, UsageError
 from facecli.fileio import atomic_write_text, new_file_mode, sha256_file
 
 LAYOUTS_OUT = ("ms1m", "flat")
-REC_NAME = "train"
+REC_NAME = DEFAULT_REC_NAME
 LABELS_CSV = "labels.csv"
 RECORDS_CSV = "records.csv"
 PACK_JSON = "pack.json"
@@ -131,15 +147,10 @@ def plan_pack(layout: Layout, selection: Selection, image_size: tuple[int, int] 
     return PackPlan(layout, selection, planned, len(dropped), size)
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
 def _first_size(samples: Sequence[Sample]) -> tuple[int, int] | None:
     for sample in samples:
         try:
-            info = probe(_read(sample.path))
+            info = probe(read_regular_file(sample.path))
         except Exception:
             continue
         return info.width, info.height
@@ -224,8 +235,11 @@ class DatasetWriter:
         }
 
     def abort(self) -> None:
-        self.writer.abort()
-        self._records_fh.close()
+        """Remove every temporary file, even when closing one fails (on a full disk the final flush does)."""
+        with contextlib.suppress(OSError):
+            self.writer.abort()
+        with contextlib.suppress(OSError):
+            self._records_fh.close()
         self._records_tmp.unlink(missing_ok=True)
 
 
@@ -311,7 +325,8 @@ def write_pack(
         size = options.resize or plan.image_size
         stream = ((p, selection.apply(layout.samples(p.identity))) for p in chosen)
     if options.shard is None:
-        name, layout_out, records_name = options.name, options.layout_out, RECORDS_CSV
+        name, layout_out = options.name, options.layout_out
+        records_name = sidecar_path(out / f"{name}.rec", RECORDS_CSV).name
     else:
         name = part_name(options.name, *options.shard)
         layout_out, records_name = "flat", f"{name}.records.csv"
@@ -319,6 +334,7 @@ def write_pack(
         raise UsageError("nothing to pack: no images selected (or none readable); check the layout and filters")
     encoding = Encoding(size=size, resize=options.resize is not None, quality=options.quality, verify=options.verify)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out, name)
     writer = DatasetWriter(out, name, layout_out, records_name)
     statuses: Counter = Counter()
     skipped: list[dict] = []
@@ -368,7 +384,7 @@ def write_pack(
         "identities": [[p.label, p.name, counts[p.label]] for p in identities],
     }
     if options.shard is None:
-        _finish(out, result, [(p.label, p.name, counts[p.label]) for p in identities], meta)
+        _finish(out, name, result, [(p.label, p.name, counts[p.label]) for p in identities], meta)
     else:
         meta["result"] = result.as_dict()
         atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
@@ -408,19 +424,33 @@ def _track(stream, in_flight: deque, identities: list[PlannedIdentity]) -> Itera
         yield paths
 
 
-def _finish(out: Path, result: PackResult, labels: list[tuple[int, str, int]], meta: dict) -> None:
+def remove_stale_temporaries(out: Path, name: str) -> list[Path]:
+    """Delete the temporary files a killed run of the pack ``name`` left in ``out`` (``.train.rec.*.tmp``, ...)."""
+    rec = out / f"{name}.rec"
+    targets = [rec, rec.with_suffix(".idx"), out / f"{name}.json"]
+    targets += [sidecar_path(rec, base) for base in ("property", LABELS_CSV, RECORDS_CSV, PACK_JSON)]
+    removed = []
+    for target in targets:
+        for tmp in out.glob(f".{glob.escape(target.name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _finish(out: Path, name: str, result: PackResult, labels: list[tuple[int, str, int]], meta: dict) -> None:
     """property, labels.csv and pack.json (with the sha256 of every output) for a finished dataset."""
     w, h = result.image_size or (0, 0)
-    write_property(out, result.num_classes, h, w)
+    rec = out / f"{name}.rec"
+    write_property(out, result.num_classes, h, w, name)
     buf = io.StringIO()
     table = csv.writer(buf, lineterminator="\n")
     table.writerow(["label", "identity", "images"])
     table.writerows(labels)
-    atomic_write_text(out / LABELS_CSV, buf.getvalue())
-    for fname in ("property", LABELS_CSV, RECORDS_CSV):
-        data = (out / fname).read_bytes() if fname != RECORDS_CSV else None
-        sha = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(out / fname)
-        result.files[fname] = {"size": (out / fname).stat().st_size, "sha256": sha}
+    atomic_write_text(sidecar_path(rec, LABELS_CSV), buf.getvalue())
+    for base in ("property", LABELS_CSV, RECORDS_CSV):
+        path = sidecar_path(rec, base)
+        result.files[path.name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     record = {
         "format": "insightface-recordio",
         "layout_out": result.layout_out,
@@ -434,11 +464,24 @@ def _finish(out: Path, result: PackResult, labels: list[tuple[int, str, int]], m
         "dropped_identities": result.dropped_identities,
         "files": result.files,
     }
-    atomic_write_text(out / PACK_JSON, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(sidecar_path(rec, PACK_JSON), json.dumps(record, indent=1, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Shards
+
+
+def _part_meta(path: Path) -> dict:
+    """A shard's ``NAME.part-I-of-N.json``, checked to be what ``--shard`` writes."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not all(key in meta for key in ("source", "settings", "identities", "result")):
+            raise ValueError("missing keys")
+    except FileNotFoundError:
+        raise UsageError(f"cannot merge: {path} is missing") from None
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        raise CorruptFileError(f"{path}: not a shard description written by pack --shard ({exc})") from None
+    return meta
 
 
 def part_name(name: str, index: int, count: int) -> str:
@@ -464,14 +507,15 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
     missing = [i for i in range(total) if i not in parts]
     if missing:
         raise UsageError(f"cannot merge: shard(s) {', '.join(map(str, missing))} of {total} are missing in {out}")
-    metas = [json.loads(parts[i].with_suffix(".json").read_text(encoding="utf-8")) for i in range(total)]
+    metas = [_part_meta(parts[i].with_suffix(".json")) for i in range(total)]
     first = metas[0]
     result0 = first["result"]
     for meta in metas[1:]:
         if meta["settings"] != first["settings"] or meta["source"] != first["source"]:
             raise UsageError("cannot merge: the parts were packed from different sources or with different options")
     num_classes = result0["num_classes"]
-    writer = DatasetWriter(out, name, layout_out)
+    remove_stale_temporaries(out, name)
+    writer = DatasetWriter(out, name, layout_out, sidecar_path(out / f"{name}.rec", RECORDS_CSV).name)
     labels: list[tuple[int, str, int]] = []
     statuses: Counter = Counter()
     skipped: list[dict] = []
@@ -486,6 +530,9 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
                 rows = csv.DictReader(fh)
                 for (offset, record), row in zip(reader.scan(), rows):
                     header, payload = unpack(record)
+                    if not {"identity", "path", "source"} <= row.keys():
+                        raise CorruptFileError(f"{fh.name}: line {rows.line_num}: expected the columns "
+                                               "key,label,identity,path,source")
                     writer.add(int(header.label), payload, row["identity"], row["path"], row["source"])
                     advance(1)
             reader.close()
@@ -506,7 +553,7 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
         skipped=skipped,
         dropped_identities=result0["dropped_identities"],
     )
-    _finish(out, result, labels, {"source": first["source"], "settings": first["settings"]})
+    _finish(out, name, result, labels, {"source": first["source"], "settings": first["settings"]})
     for i in range(total):
         for suffix in (".rec", ".idx", ".json", ".records.csv"):
             path = out / (part_name(name, i, total) + suffix)
@@ -564,6 +611,7 @@ def pack_lst(lst: Path, root: Path, out: Path, options: PackOptions,
             in_flight.append(batch)
             yield [str(Path(root) / rel) for _, _, rel in batch]
 
+    remove_stale_temporaries(out, options.name)
     with RecordWriter(out / f"{options.name}.rec", out / f"{options.name}.idx") as writer:
         for results in ordered_map(functools.partial(prepare_many, encoding=encoding), batches(), options.workers):
             keys, row_labels, payloads = [], [], []

@@ -8,6 +8,8 @@ case never decodes pixels; ``verify="decode"`` decodes everything to catch damag
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +105,7 @@ class Encoding:
 
 class Prepared(NamedTuple):
     payload: bytes | None
-    status: str  # "ok", "reencoded", "resized", or a skip status: "unreadable", "wrong_size", "too_large"
+    status: str  # "ok", "reencoded", "resized", or a skip: "unreadable", "not_a_file", "wrong_size", "too_large"
     reason: str = ""
 
 
@@ -118,8 +120,10 @@ def prepare_many(paths: Sequence[str | Path], encoding: Encoding) -> list[Prepar
     results = []
     for path in paths:
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            data = read_regular_file(path)
+        except _NotReadable as exc:
+            results.append(Prepared(None, exc.status, exc.reason))
+            continue
         except OSError as exc:
             results.append(Prepared(None, "unreadable", f"cannot read file: {exc.strerror or exc}"))
             continue
@@ -131,6 +135,33 @@ def prepare_many(paths: Sequence[str | Path], encoding: Encoding) -> list[Prepar
         except ImageReadError as exc:
             results.append(Prepared(None, exc.status, exc.reason))
     return results
+
+
+#: Larger files are not read: an image this big is no face crop, and a huge file must not take the memory.
+MAX_FILE_BYTES = 256 << 20
+
+
+class _NotReadable(Exception):
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of a regular file (links followed) of at most :data:`MAX_FILE_BYTES`.
+
+    A FIFO named ``p.jpg`` would block ``open()`` forever and a link to ``/dev/zero`` would be read until memory
+    runs out, so the file is opened without blocking and checked with ``fstat`` before anything is read (no extra
+    system call for the common case).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _NotReadable("not_a_file", "not a regular file (a FIFO, device, socket or folder)")
+        if info.st_size > MAX_FILE_BYTES:
+            raise _NotReadable("too_large", f"{info.st_size} bytes, more than the {MAX_FILE_BYTES >> 20} MiB read")
+        return fh.read()
 
 
 def _prepare_bytes(data: bytes, encoding: Encoding) -> Prepared:

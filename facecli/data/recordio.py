@@ -660,6 +660,22 @@ def _labels_of(reader: RecordReader, image_keys: np.ndarray) -> np.ndarray:
     return labels
 
 
+#: The record file name insightface (``MXFaceDataset``), DALI recipes and arcface_torch configs expect.
+DEFAULT_REC_NAME = "train"
+
+
+def sidecar_path(rec_path: str | os.PathLike, base: str) -> Path:
+    """The file ``base`` (``property``, ``labels.csv``, ``records.csv``, ``pack.json``) that belongs to a record file.
+
+    ``train.rec`` keeps insightface's fixed names (``property`` beside it), so every tool that reads
+    ``train.rec/train.idx/property`` works unchanged; a pack with another name, ``NAME.rec``, gets ``NAME.base``.
+    One folder can then hold several packs without one overwriting another's labels.
+    """
+    rec_path = Path(rec_path)
+    stem = rec_path.name[: -len(".rec")] if rec_path.name.endswith(".rec") else rec_path.name
+    return rec_path.parent / (base if stem == DEFAULT_REC_NAME else f"{stem}.{base}")
+
+
 def read_property(folder: str | os.PathLike) -> tuple[int, int, int]:
     """``(num_classes, height, width)`` from the ``property`` file of an insightface dataset folder."""
     path = Path(folder)
@@ -678,10 +694,11 @@ def read_property(folder: str | os.PathLike) -> tuple[int, int, int]:
     return fields[0], fields[1], fields[2]
 
 
-def write_property(folder: str | os.PathLike, num_classes: int, height: int, width: int) -> Path:
-    """Write ``num_classes,H,W\\n`` (insightface's format) atomically; returns the path."""
+def write_property(folder: str | os.PathLike, num_classes: int, height: int, width: int,
+                   name: str = DEFAULT_REC_NAME) -> Path:
+    """Write ``num_classes,H,W\\n`` (insightface's format) atomically for the pack ``name``; returns the path."""
     from facecli.fileio import atomic_write_text
 
-    path = Path(folder) / "property"
+    path = sidecar_path(Path(folder) / f"{name}.rec", "property")
     atomic_write_text(path, f"{num_classes},{height},{width}\n")
     return path

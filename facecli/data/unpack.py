@@ -1,9 +1,10 @@
 """Record files back to identity folders, so that ``pack → unpack → pack`` reproduces the same bytes.
 
 Each image record is written as its stored bytes (never re-encoded) to ``OUT/<identity>/<name>``. Identity names
-come from ``labels.csv`` beside the record file when present (else the zero-padded label, which sorts like the
-label). File names come from ``records.csv`` when it records a path inside the identity folder; otherwise they are
-the zero-padded record key. Both choices sort in record order, which is what makes the round trip exact.
+come from the pack's ``labels.csv`` (``NAME.labels.csv`` beside ``NAME.rec``) when present, else the zero-padded
+label, which sorts like the label. File names come from ``records.csv`` when it records a path inside the
+identity folder; otherwise they are the zero-padded record key. Both choices sort in record order, which is what
+makes the round trip exact.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from facecli.data.payloads import probe
-from facecli.data.recordio import RecordReader, first_label, read_ms1m_layout, unpack
+from facecli.data.recordio import RecordReader, first_label, read_ms1m_layout, sidecar_path, unpack
 from facecli.errors import CorruptFileError, UsageError
 from facecli.fileio import atomic_write_bytes
 from facecli.imageio import ImageReadError
@@ -38,20 +39,34 @@ def find_record_file(path: Path) -> Path:
     return recs[0]
 
 
-def _identity_names(folder: Path) -> dict[int, str]:
-    path = folder / "labels.csv"
+def _read_table(path: Path, key: str, values: tuple[str, ...]) -> dict[int, tuple[str, ...]]:
+    """``{int(row[key]): (row[v] for v in values)}`` of a pack's CSV sidecar; a malformed one is one clear line."""
     if not path.is_file():
         return {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {int(row["label"]): row["identity"] for row in csv.DictReader(fh)}
+    table: dict[int, tuple[str, ...]] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for lineno, row in enumerate(csv.DictReader(fh), 2):
+                try:
+                    table[int(row[key])] = tuple(str(row[v]) for v in values)
+                except (KeyError, TypeError, ValueError):
+                    raise CorruptFileError(f"{path}: line {lineno}: expected columns {key}, {', '.join(values)} "
+                                           f"with an integer {key}") from None
+    except UnicodeDecodeError:
+        raise CorruptFileError(f"{path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise CorruptFileError(f"{path}: malformed CSV ({exc})") from None
+    return table
 
 
-def _record_paths(folder: Path) -> dict[int, tuple[str, str]]:
-    path = folder / "records.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {int(row["key"]): (row["identity"], row["path"]) for row in csv.DictReader(fh)}
+def _identity_names(rec: Path) -> dict[int, str]:
+    table = _read_table(sidecar_path(rec, "labels.csv"), "label", ("identity",))
+    return {label: row[0] for label, row in table.items()}
+
+
+def _record_paths(rec: Path) -> dict[int, tuple[str, str]]:
+    table = _read_table(sidecar_path(rec, "records.csv"), "key", ("identity", "path"))
+    return {key: (row[0], row[1]) for key, row in table.items()}
 
 
 def _safe_component(name: str) -> str:
@@ -73,26 +88,56 @@ class UnpackResult:
     images: int = 0
     identities: int = 0
     layout: str = ""
-    bad: list[str] = field(default_factory=list)
+    bad: list[dict] = field(default_factory=list)  # {key, offset, error} per damaged record
+
+
+def _image_keys(reader: RecordReader) -> tuple[list[int], str]:
+    """The keys to unpack and the layout name. A file whose layout cannot be read (a damaged header or identity
+    record) falls back to every key its header record names, else every indexed key: each is then read on its own,
+    so one damaged record costs that record only."""
+    try:
+        image_keys, _ = read_ms1m_layout(reader)
+    except CorruptFileError:
+        try:
+            header0, _ = unpack(reader.read(0)) if 0 in reader else (None, b"")
+        except (CorruptFileError, ValueError):
+            header0 = None
+        if header0 is not None and header0.flag > 0:
+            return [k for k in range(1, int(first_label(header0.label))) if k in reader], "ms1m"
+        return list(reader.keys), "flat"
+    ms1m = 0 in reader and image_keys and image_keys[0] == 1 and len(image_keys) < len(reader)
+    return image_keys, "ms1m" if ms1m else "flat"
+
+
+def _offset(reader: RecordReader, key: int) -> int | None:
+    try:
+        return reader.offset(key)
+    except KeyError:
+        return None
 
 
 def unpack_records(rec: Path, out: Path, advance: Callable[[int], None] = lambda n: None) -> UnpackResult:
-    """Write every image record of ``rec`` to ``out/<identity>/...``; damaged records are listed and skipped."""
+    """Write every readable image record of ``rec`` to ``out/<identity>/...``.
+
+    Damaged records (bad framing, an index entry pointing inside or past a record, a bad IRHeader) are skipped and
+    listed in ``bad`` by key and byte offset, as ``inspect --check`` lists them; every other record is written.
+    """
     rec = find_record_file(rec)
     reader = RecordReader(rec)
-    image_keys, labels = read_ms1m_layout(reader)
-    layout = "ms1m" if 0 in reader and image_keys and image_keys[0] == 1 and len(image_keys) < len(reader) else "flat"
-    names = _identity_names(rec.parent)
-    recorded = _record_paths(rec.parent)
+    image_keys, layout = _image_keys(reader)
+    names = _identity_names(rec)
+    recorded = _record_paths(rec)
     width = max(6, len(str(max(image_keys, default=0))))
     result = UnpackResult(out=Path(out), layout=layout)
     seen: set[int] = set()
-    for key, label in zip(image_keys, labels.tolist()):
+    for key in image_keys:
         advance(1)
         try:
             header, payload = unpack(reader.read(key))
-        except (CorruptFileError, ValueError) as exc:
-            result.bad.append(f"key {key}: {exc}")
+        except (CorruptFileError, ValueError, KeyError) as exc:
+            result.bad.append({"key": key, "offset": _offset(reader, key), "error": str(exc)})
+            continue
+        if not payload:  # an identity record of a file whose header could not say where they start
             continue
         label = int(first_label(header.label))
         identity = _safe_component(names.get(label, f"{label:06d}"))

@@ -17,6 +17,7 @@ given per colour in R, G, B order whatever order the network takes its channels 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -58,9 +59,25 @@ def parse_channels(value: str | float | Sequence[float] | None, what: str) -> tu
         parts = parts * 3
     if len(parts) != 3:
         raise UsageError(f"{what} needs one value or one per channel (3), got {len(parts)}")
-    if what == "std" and any(p == 0 for p in parts):
-        raise UsageError("std must not be zero")
+    if not all(math.isfinite(p) for p in parts):
+        raise UsageError(f"{what} must be finite numbers, got {value!r}")
+    if what == "std" and any(p <= 0 for p in parts):
+        raise UsageError(f"std must be positive (pixel units, e.g. 127.5), got {value!r}")
+    if what == "mean" and any(not 0.0 <= p <= 255.0 for p in parts):
+        raise UsageError(f"mean is in pixel units (0-255, e.g. 127.5), got {value!r}")
     return (parts[0], parts[1], parts[2])
+
+
+def check_normalisation(mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    """Refuse statistics given in 0-1 units: facecli subtracts and divides on 0-255 pixel values.
+
+    ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) or arcface's 0.5 / 0.5 would otherwise be accepted and
+    feed the network values around ±500 instead of ±1: every embedding silently wrong.
+    """
+    if std is not None and max(std) < 1.0 and (mean is None or max(mean) <= 1.0):
+        hint = ", ".join(f"{v * 255:g}" for v in std)
+        raise UsageError(f"std {', '.join(f'{v:g}' for v in std)} looks like statistics of 0-1 pixels; facecli's "
+                         f"--mean/--std are in 0-255 pixel units (std {hint}; mean x255 too)")
 
 
 class EmbeddingModel(ABC):
@@ -152,10 +169,13 @@ class EmbeddingModel(ABC):
         images = np.asarray(images)
         if len(images) == 0:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
-        outputs = [
-            self.forward(self.preprocess(images[start : start + self.batch_size]))
-            for start in range(0, len(images), self.batch_size)
-        ]
+        outputs = []
+        for start in range(0, len(images), self.batch_size):
+            out = self.forward(self.preprocess(images[start : start + self.batch_size]))
+            if out.shape[1:] != (self.embedding_size,):  # e.g. a feature map (N, C, H, W) flattened by forward
+                raise UsageError(f"{self.source}: the model gives {out.shape[1]} values per image, not one "
+                                 f"{self.embedding_size}-value embedding; is its output an embedding layer (N, D)?")
+            outputs.append(out)
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
     @abstractmethod
@@ -282,7 +302,11 @@ def load_onnx(
         if dynamic is not None:
             session, fixed_batch = dynamic, None
     out_shape = outputs[0].shape
-    embedding_size = int(meta.get("facecli.embedding_size", out_shape[-1] if isinstance(out_shape[-1], int) else 0))
+    if len(out_shape) != 2 and any(isinstance(d, int) and d > 1 for d in out_shape[2:]):
+        raise UsageError(f"{path}: the model's output has shape {out_shape}; facecli needs one embedding per image, "
+                         "(N, D)")
+    declared = int(np.prod(out_shape[1:])) if all(isinstance(d, int) and d > 0 for d in out_shape[1:]) else 0
+    embedding_size = int(meta.get("facecli.embedding_size", declared))
     if embedding_size <= 0:  # unknown statically: ask the model
         probe = np.zeros((fixed_batch or 1, 3, shape[2], shape[3]), dtype=np.float32)
         embedding_size = int(session.run(None, {inputs[0].name: probe})[0].reshape(fixed_batch or 1, -1).shape[1])
@@ -477,11 +501,13 @@ def load_model(
     path = Path(spec).expanduser()
     if not path.exists():
         raise UsageError(f"model not found: {path}")
+    means, stds = parse_channels(mean, "mean"), parse_channels(std, "std")
+    check_normalisation(means, stds)
     return MODEL_FORMATS.build(
         model_format(path),
         path=path,
-        mean=parse_channels(mean, "mean"),
-        std=parse_channels(std, "std"),
+        mean=means,
+        std=stds,
         bgr=bgr,
         device=device,
         batch_size=batch_size or default_batch_size(device),

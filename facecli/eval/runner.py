@@ -15,11 +15,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from facecli.archives import check_npy
 from facecli.errors import CorruptFileError, UsageError
 from facecli.eval import ijb
 from facecli.eval.embed import FeatureCache, dataset_key, embed_stream, split_flip
 from facecli.eval.models import EmbeddingModel
-from facecli.eval.verification import VerificationResult, verify
+from facecli.eval.verification import VerificationResult, as_issame, verify
 
 VERIFICATION_BENCHMARKS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
 DATA_ENV = "FACECLI_DATA"
@@ -148,7 +149,7 @@ def verify_with_quality(
     ``flip``: ``sum`` adds ``embeddings_flip``, ``concat`` joins it, ``none`` ignores it. See :class:`QualityReport`
     for which numbers the threshold changes.
     """
-    issame = np.asarray(issame).astype(bool).ravel()
+    issame = as_issame(issame)
 
     def run(rows: np.ndarray, rows_flip: np.ndarray | None, labels: np.ndarray, folds: int) -> VerificationResult:
         if flip == "concat" and rows_flip is not None:
@@ -298,7 +299,7 @@ def evaluate_pairs(
     rows = embed_stream(model, len(unique), load, flip=flip != "none", workers=workers, progress=progress, cache=cache)
     order = np.array([index_of[p] for p in pairs.paths])
     bench = Benchmark(Path(pairs_file).stem, "pairs", Path(pairs_file), Path(images), align)
-    result, quality = _verify_rows(rows[order], pairs.issame, flip, nfolds or pairs.nfolds, bootstrap, quality_threshold)
+    result, quality = _verify_rows(rows[order], pairs.issame, flip, pairs.nfolds if nfolds is None else nfolds, bootstrap, quality_threshold)
     return VerificationRun(
         bench,
         result,
@@ -359,6 +360,7 @@ def load_npy(path: str | Path, what: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{what} file not found: {path}")
+    check_npy(path, what)
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:

@@ -59,6 +59,25 @@ def distance_to_cosine(distance: float) -> float:
     return 1.0 - distance / 2.0
 
 
+def as_issame(values: np.ndarray | Sequence[object]) -> np.ndarray:
+    """Pair labels as a 1-D bool array: booleans, or numbers that are exactly 0 or 1 (0.0/1.0 from a float .npy).
+
+    Anything else (0.5, NaN, 2, text) would otherwise become True through ``astype(bool)`` and silently turn
+    impostor pairs into genuine ones.
+    """
+    flags = np.asarray(values)
+    if flags.dtype == bool:
+        return flags.ravel()
+    if flags.dtype.kind not in "iuf":
+        raise UsageError(f"issame must hold booleans or 0/1, found {flags.dtype} values")
+    wrong = np.flatnonzero(~np.isin(flags.ravel(), (0, 1)))
+    if len(wrong):
+        i = int(wrong[0])
+        raise UsageError(f"issame must hold booleans or 0/1; pair {i} is {flags.ravel()[i].item()!r} "
+                         f"({len(wrong)} value(s) are neither 0 nor 1)")
+    return flags.ravel().astype(bool)
+
+
 def fold_slices(n: int, nfolds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(train, test)`` index arrays of ``KFold(nfolds, shuffle=False)``; one fold means train = test = all."""
     indices = np.arange(n)
@@ -242,9 +261,7 @@ def verify(
     intervals (pairs resampled per class) for the pooled accuracy at the chosen threshold, AUC and TAR@FAR.
     """
     embeddings = np.asarray(embeddings)
-    issame = np.asarray(issame)
-    if issame.dtype != bool:
-        issame = issame.astype(bool)
+    issame = as_issame(issame)
     _check_inputs(embeddings, issame, embeddings_flip)
     n_pairs = len(issame)
     if nfolds < 1 or nfolds > n_pairs:

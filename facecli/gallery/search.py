@@ -17,7 +17,8 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from facecli.errors import UsageError
+from facecli.archives import check_npz
+from facecli.errors import CorruptFileError, UsageError
 from facecli.registry import Registry
 
 #: Upper bound on the size of one probe-batch x gallery score matrix (entries), i.e. 256 MB of float32.
@@ -148,12 +149,13 @@ def _load_cached(path: Path, key: str):
     import faiss
 
     try:
+        check_npz(path, "index cache")
         with np.load(path, allow_pickle=False) as npz:
             if str(npz["key"]) != key:
                 return None
             return faiss.deserialize_index(npz["index"])
-    except (OSError, ValueError, KeyError, RuntimeError, zipfile.BadZipFile):
-        return None
+    except (OSError, ValueError, KeyError, RuntimeError, zipfile.BadZipFile, CorruptFileError):
+        return None  # rebuilt
 
 
 def _save_cached(path: Path, key: str, index) -> None:

@@ -22,6 +22,7 @@ any numpy user can inspect it::
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from facecli.archives import check_npz
 from facecli.errors import CorruptFileError, FacecliError, UsageError
 from facecli.fileio import atomic_path
 
@@ -61,6 +63,46 @@ def compute_templates(
     np.add.at(sums, labels, embeddings.astype(np.float64) * weights[:, None])
     templates, _ = l2_normalize(sums)
     return templates
+
+
+#: float32 cosines of unit vectors can exceed 1 by a few ulps, and a calibrated threshold sits one ulp above a score.
+_SCORE_BOUND = 1.0 + 1e-4
+
+
+def score_threshold_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a cosine accept threshold (a finite number in [-1, 1], float32 rounding aside)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"the threshold is a {type(value).__name__}, not a number"
+    if not math.isfinite(value) or not -_SCORE_BOUND <= value <= _SCORE_BOUND:
+        return f"the threshold {value!r} is not a cosine score in [-1, 1]"
+    return None
+
+
+def _meta_problem(meta: Any) -> str | None:
+    """What is wrong with a gallery's metadata (types, weighting, threshold), or None.
+
+    A gallery is a file users copy around; a tampered threshold (NaN makes every probe ``unknown``, exit 0) must be
+    refused on load rather than silently change every answer.
+    """
+    if not isinstance(meta, dict):
+        return "metadata is not a mapping"
+    for key in ("model", "align"):
+        if not isinstance(meta.get(key) or {}, dict):
+            return f"{key!r} is not a mapping"
+    if meta.get("weighting", "none") not in WEIGHTINGS:
+        return f"unknown template weighting {meta.get('weighting')!r}"
+    threshold = meta.get("threshold")
+    if threshold is None:
+        return None
+    if not isinstance(threshold, dict) or "threshold" not in threshold:
+        return "the calibrated threshold is not a record with a 'threshold' value"
+    problem = score_threshold_problem(threshold["threshold"])
+    if problem:
+        return problem
+    size = threshold.get("gallery_size", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        return f"the threshold's gallery_size {size!r} is not a count"
+    return None
 
 
 @dataclass
@@ -210,6 +252,7 @@ class Gallery:
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"gallery not found: {path}")
+        check_npz(path, "gallery")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 if "format" not in npz.files or str(npz["format"]) != FORMAT:
@@ -223,6 +266,9 @@ class Gallery:
             raise
         except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
             raise CorruptFileError(f"{path}: not a readable gallery file ({type(exc).__name__}: {exc})") from None
+        problem = _meta_problem(meta)
+        if problem:
+            raise CorruptFileError(f"{path}: damaged gallery metadata, {problem}")
         gallery = cls(
             **arrays,
             model=meta.get("model") or {},
@@ -252,6 +298,8 @@ class Gallery:
             return "identity names or paths are not text"
         if not (np.isfinite(t).all() and np.isfinite(e).all()):
             return "non-finite values in the embeddings"
+        if self.norms.dtype.kind != "f" or not np.isfinite(self.norms).all() or (self.norms < 0).any():
+            return "embedding norms are not finite non-negative numbers"
         if not self.model.get("fingerprint"):
             return "no model fingerprint"
         return None

@@ -27,7 +27,7 @@ from facecli.gallery.faces import (
 )
 from facecli.gallery.metrics import DEFAULT_FPIRS, OpenSetReport, open_set_report, search_outcomes
 from facecli.gallery.search import ExactIndex, build_index, recall_at_k
-from facecli.gallery.store import Gallery, l2_normalize
+from facecli.gallery.store import Gallery, l2_normalize, score_threshold_problem
 
 Advance = Callable[[int], None]
 UNKNOWN = "unknown"
@@ -220,6 +220,9 @@ def calibrate_gallery_on_pairs(
 def threshold_of(gallery: Gallery, override: float | None) -> float:
     """The accept threshold: ``override`` if given, else the calibrated one; an uncalibrated gallery is refused."""
     if override is not None:
+        problem = score_threshold_problem(override)
+        if problem:
+            raise UsageError(f"--threshold: {problem}")
         return float(override)
     if gallery.threshold is None:
         raise UsageError(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from facecli.archives import check_stored_zip
 from facecli.errors import CorruptFileError, UsageError
 from facecli.nn.backbones import BACKBONES, NECKS
 from facecli.nn.backbones.iresnet import DEPTHS
@@ -84,13 +85,32 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no such model file: {path}")
+    check_stored_zip(path, "weights file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle and zip errors of every kind mean the same to the user
         raise CorruptFileError(f"cannot read {path} as a weights-only torch file: {exc}") from None
     if not isinstance(obj, dict):
         raise CorruptFileError(f"{path} holds a {type(obj).__name__}, not a state dict or facecli checkpoint")
+    _check_tensor_sizes(path, obj, path.stat().st_size)
     return obj
+
+
+def _check_tensor_sizes(path: Path, obj: Any, file_size: int) -> None:
+    """Refuse a tensor that claims more bytes than the whole file: a view with zero or overlapping strides can
+    describe terabytes on a few bytes of storage, and the first copy (``.float()``, ``.numpy().astype``) would
+    allocate them."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            if item.numel() * item.element_size() > file_size:
+                raise CorruptFileError(f"{path}: a tensor of shape {tuple(item.shape)} claims more bytes than the "
+                                       f"file's {file_size}")
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def resolve_model_file(path_or_run_dir: str | os.PathLike, which: str = "last") -> Path:

@@ -267,6 +267,29 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(f"optim.lr must be positive, got {cfg.optim.lr}")
 
 
+#: What ``--resume`` may change: how long the run goes on and how it is watched, never what a step computes.
+#: ``data.path`` may point at the same data moved elsewhere (the checkpoint's class count still has to fit).
+RESUMABLE_KEYS = frozenset({
+    "out", "steps", "epochs", "device", "compile", "nonfinite", "log_every", "checkpoint_every", "tensorboard",
+    "data.path", "data.workers", "data.val", "data.val_every", "data.val_batch_size",
+})
+
+
+def check_resume_changes(stored: TrainConfig, requested: TrainConfig) -> None:
+    """Refuse, in one line, a ``--resume`` that changes a setting the saved state depends on.
+
+    A different head, batch size, seed, backbone, optimiser or schedule would not continue the run but start a
+    different one on top of the saved weights, optimiser moments and data order, and write that into
+    ``config.toml`` as if it had always been so.
+    """
+    before, after = flatten(stored.to_dict()), flatten(requested.to_dict())
+    for key, value in after.items():
+        if key not in RESUMABLE_KEYS and before.get(key) != value:
+            raise UsageError(
+                f"--resume cannot change {key} (the run has {before.get(key)!r}, asked {value!r}): the saved state "
+                "belongs to the old setting; start a new run (--out, --init to reuse the weights) instead")
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

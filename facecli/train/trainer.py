@@ -28,7 +28,7 @@ from facecli.nn.heads import EmbeddingLoss
 from facecli.nn.partial_fc import PartialFC
 from facecli.train import checkpoint
 from facecli.train.callbacks import Callback, MetricsFile, TensorBoard, Verification
-from facecli.train.config import TrainConfig, read_config_file, build_config, to_toml
+from facecli.train.config import TrainConfig, build_config, check_resume_changes, read_config_file, to_toml
 from facecli.train.model import FaceModel, build_model
 from facecli.train.sampling import EpochPlan, ResumableBatchSampler
 from facecli.train.schedule import lr_factor
@@ -38,6 +38,21 @@ CONFIG_FILE = "config.toml"
 
 class NonFiniteError(FacecliError):
     """The loss or a gradient became NaN/Inf; the message says where and which file holds the state before."""
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every floating-point value of ``tensors`` is finite.
+
+    One L2 norm per tensor (the fastest reduction ``_foreach_norm`` has) and one sync; only when a norm is not
+    finite, which huge but finite values can also cause by overflow, is the exact max-abs check run.
+    """
+    floats = [t.detach() for t in tensors if t.is_floating_point()]
+    if not floats:
+        return True
+    for order in (2.0, float("inf")):
+        if bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(floats, order)])).all()):
+            return True
+    return False
 
 
 def init_distributed() -> None:
@@ -68,7 +83,10 @@ def resolve_run_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a facecli run (no {CONFIG_FILE}); nothing to resume")
-    return build_config(read_config_file(path), overrides, {"out": str(run_dir)})
+    stored = read_config_file(path)
+    cfg = build_config(stored, overrides, {"out": str(run_dir)})
+    check_resume_changes(build_config(stored, {"out": str(run_dir)}), cfg)
+    return cfg
 
 
 class Trainer:
@@ -116,6 +134,10 @@ class Trainer:
         if cfg.amp == "fp16" and self.device.type == "cpu":
             raise UsageError("--fp16 needs a GPU; on CPU use --bf16 (amp=bf16) or no AMP")
         self.dataset: FaceDataset = open_dataset(cfg.data.path)
+        identities = len(set(self.dataset.labels.tolist()))
+        if identities < 2:  # softmax over one class: loss 0 from the first step, nothing is learned
+            raise UsageError(f"{cfg.data.path} holds {identities} identity; training a face model needs at least 2 "
+                             "(every loss here compares identities)")
         torch.manual_seed(cfg.seed)
         model, self.info = build_model(cfg, self.dataset.num_classes)
         self.model: FaceModel = model.to(self.device)
@@ -226,12 +248,16 @@ class Trainer:
                              f"resume it with the same number of processes (now {self.world_size})")
         own = main if self.rank == 0 else checkpoint.load(checkpoint.rank_file(self.run_dir, self.rank))
         m = self.model
-        m.backbone.load_state_dict(main["backbone"])
-        if m.classifier is not None:
-            m.classifier.load_state_dict(own["classifier"])
-        m.head.load_state_dict(own["head"])
-        if m.aux is not None:
-            m.aux.load_state_dict(main["aux"])
+        try:
+            m.backbone.load_state_dict(main["backbone"])
+            if m.classifier is not None:
+                m.classifier.load_state_dict(own["classifier"])
+            m.head.load_state_dict(own["head"])
+            if m.aux is not None:
+                m.aux.load_state_dict(main["aux"])
+        except RuntimeError as exc:  # e.g. data.path now names data with another number of classes
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise UsageError(f"{path} does not fit this model and data ({first})") from None
         if self.aux_optimizer is not None:
             self.aux_optimizer.load_state_dict(main["aux_optimizer"])
         self.optimizer.load_state_dict(own["optimizer"])
@@ -322,6 +348,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.aux_optimizer is not None:
             self.aux_optimizer.zero_grad(set_to_none=True)
+        buffers = list(self.model.buffers())
+        before = [b.clone() for b in buffers]  # running statistics and head state the forward passes update
+        rng_before = checkpoint.rng_state()  # dropout and heads draw from it: "the state before" includes it
         losses, extremes = [], []
         for micro in range(accumulate):
             images, labels = next(batches)
@@ -339,14 +368,17 @@ class Trainer:
         max_logit = torch.stack(extremes).max()
         self.scaler.unscale_(self.optimizer)
         grad_norm = self._clip_and_measure(freeze)
-        bad = not bool(torch.isfinite(loss)) or (not self.scaler.is_enabled() and not math.isfinite(grad_norm))
+        stats_ok = _all_finite(buffers)
+        bad = (not bool(torch.isfinite(loss)) or (not self.scaler.is_enabled() and not math.isfinite(grad_norm))
+               or not stats_ok)
         if self.world_size > 1:
             flags = torch.tensor([float(bad)], device=self.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             bad = bool(flags.item())
             loss = distributed.all_reduce_mean(loss)
         if bad:
-            self._handle_nonfinite(float(loss), float(max_logit), grad_norm)
+            torch._foreach_copy_(buffers, before)  # a rejected step leaves no trace, in BatchNorm or head state
+            self._handle_nonfinite(float(loss), float(max_logit), grad_norm, rng_before, stats_ok)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler.is_enabled():
                 self.scaler.update()
@@ -358,6 +390,14 @@ class Trainer:
                 if p.grad is not None:
                     p.grad.div_(max(cfg.head.aux_weight, 1e-12))
             self.aux_optimizer.step()
+        weights_bad = torch.tensor([float(not _all_finite(list(self.model.parameters())))], device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(weights_bad, op=dist.ReduceOp.MAX)
+        if weights_bad.item():
+            raise NonFiniteError(
+                f"the update of step {self.step + 1} made the weights non-finite (lr {lr:.4g}, gradient norm "
+                f"{grad_norm:.4g}); nothing of this step was saved: resume from the last checkpoint with a lower "
+                "learning rate or more warm-up")
         return float(loss), float(max_logit), lr
 
     def _clip_and_measure(self, freeze: bool) -> float:
@@ -373,8 +413,9 @@ class Trainer:
             total = total + p.grad.detach().float().pow(2).sum()
         return float(total.sqrt())
 
-    def _handle_nonfinite(self, loss: float, max_logit: float, grad_norm: float) -> None:
-        what = "loss" if not math.isfinite(loss) else "gradient"
+    def _handle_nonfinite(self, loss: float, max_logit: float, grad_norm: float, rng_before: dict[str, Any],
+                          stats_ok: bool) -> None:
+        what = "loss" if not math.isfinite(loss) else "gradient" if stats_ok else "running statistics or head state"
         lr = self.optimizer.param_groups[-1]["lr"]
         where = (f"non-finite {what} at step {self.step + 1} (head {self.cfg.head.name}, largest |logit| "
                  f"{max_logit:.4g}, loss {loss:.4g}, gradient norm {grad_norm:.4g}, lr {lr:.4g})")
@@ -384,6 +425,7 @@ class Trainer:
             return
         name = f"nonfinite-step{self.step + 1}.pt"
         self.optimizer.zero_grad(set_to_none=True)
+        checkpoint.set_rng_state(rng_before)
         path = self.save_checkpoint(name)
         raise NonFiniteError(
             f"{where}. The state before this step is in {path if self.rank == 0 else self.run_dir / name}. "

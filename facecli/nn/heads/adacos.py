@@ -7,8 +7,10 @@ Fixed AdaCos uses s = √2 · log(C - 1). Dynamic AdaCos re-estimates s at every
     s     = log(B_avg) / cos(min(π/4, θ_med))
 
 and the step's logits use the new s. The current s is a registered buffer (``scale``), so checkpoints and
-``--resume`` restore it. Under DDP the statistics are taken over the global batch (B_avg averaged over ranks, the
-median over the gathered target angles), as the paper's batch is the whole mini-batch.
+``--resume`` restore it. The logits are multiplied by a copy of s, never by the buffer itself: the next training
+forward overwrites the buffer, and a graph that still held it (two forwards, then one backward, as gradient
+accumulation does) could not be differentiated. Under DDP the statistics are taken over the global batch (B_avg
+averaged over ranks, the median over the gathered target angles), as the paper's batch is the whole mini-batch.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class AdaCos(MarginHead):
     ) -> torch.Tensor:
         if self.training and rows.numel() > 0:
             self._update_scale(logits, cos_t, rows, cols)
-        return logits * self.scale.to(logits.dtype)
+        return logits * self.scale.detach().clone().to(logits.dtype)
 
     @torch.no_grad()
     def _update_scale(self, cosine: torch.Tensor, cos_t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:

@@ -4,11 +4,14 @@
     g_angle  = -m · ẑ,   g_add = m · ẑ + m
     logit_y  = s · (cos(clip(θ_y + g_angle, ε, π - ε)) - g_add)
 
-High-quality faces (ẑ → 1) get an ArcFace-like angular margin, low-quality faces (ẑ → -1) a CosFace-like one that
-de-emphasises them when they are hard. The norms are detached (no gradient through the margin) and clipped to
-[0.001, 100]. μ and σ are registered buffers (``batch_mean``, ``batch_std``; initial 20 and 100 as in the official
-code) updated at every training step with μ ← α·mean + (1-α)·μ, α = ``t_alpha``; under DDP the mean and the
-(unbiased) std are those of the global batch. A batch of one norm has no std, so σ is then left unchanged.
+Low-norm (low-quality) faces, ẑ → -1, get g_angle = +m and g_add = 0: exactly ArcFace's angular margin. High-norm
+(high-quality) faces, ẑ → 1, get g_angle = -m and g_add = 2m: a CosFace-like additive margin (on a slightly reduced
+angle). In between, the margin moves continuously from the one to the other. As in the official head, every cosine
+(the non-target ones too) is clamped to [-1 + ε, 1 - ε], ε = 1e-3, before the margin. The norms are detached (no
+gradient through the margin) and clipped to [0.001, 100]. μ and σ are registered buffers (``batch_mean``,
+``batch_std``; initial 20 and 100 as in the official code) updated at every training step with μ ← α·mean +
+(1-α)·μ, α = ``t_alpha``; under DDP the mean and the (unbiased) std are those of the global batch. A batch of one
+norm has no std, so σ is then left unchanged.
 
 Defaults (the official repository disagrees with itself): its ``head.py`` says m=0.4, h=0.333, t_alpha=1.0 (no EMA
 at all), its ``config.py`` says m=0.5, h=0.0 (no adaptivity), t_alpha=0.01, and its published training scripts pass
@@ -74,6 +77,12 @@ class AdaFace(MarginHead):
         theta = torch.acos(cos_t.clamp(-1.0 + self.eps, 1.0 - self.eps))
         theta_m = torch.clamp(theta - self.m * z, self.eps, math.pi - self.eps)
         return torch.cos(theta_m) - (self.m + self.m * z)
+
+    def non_target_logits(
+        self, cosine: torch.Tensor, cos_t: torch.Tensor, new_t: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """The non-target cosines clamped to ±(1 - ε), as the official head clamps the whole cosine matrix."""
+        return cosine.clamp(-1.0 + self.eps, 1.0 - self.eps)
 
     @torch.no_grad()
     def _update_statistics(self, norms: torch.Tensor) -> None:

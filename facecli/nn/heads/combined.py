@@ -1,8 +1,10 @@
 """The combined margin of insightface/arcface_torch: target logit ``s·(cos(m1·θ + m2) - m3)``.
 
 (m1, m2, m3) = (1, 0.5, 0) is ArcFace, (1, 0, 0.35) CosFace, (1.35, 0, 0) a SphereFace-like multiplicative margin;
-insightface's MS1M recipes also used (1, 0.3, 0.2). ``interclass_filtering_threshold`` > 0 zeroes, in rows with a
-target, the non-target cosines above it (arcface_torch's filter against label noise: "dirty" negatives).
+insightface's MS1M recipes also used (1, 0.3, 0.2). ``interclass_filtering_threshold`` > 0 zeroes the non-target
+cosines above it (arcface_torch's filter against label noise: "dirty" negatives) in every row, as arcface_torch
+does: rows labelled -1 (their target is held by another Partial FC rank) have only negatives here and are filtered
+whole; in the other rows the target column is kept.
 
 Gradient: true derivative of the formula. arcface_torch applies its ArcFace branch in-place under ``no_grad``, so
 its gradient ignores the margin's derivative (a straight-through estimate); ``straight_through=True`` reproduces
@@ -40,7 +42,6 @@ class CombinedMargin(MarginHead):
                           rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         if self.interclass_filtering_threshold <= 0:
             return cosine
-        dirty = torch.zeros_like(cosine, dtype=torch.bool)
-        dirty[rows] = cosine[rows] > self.interclass_filtering_threshold
+        dirty = cosine > self.interclass_filtering_threshold
         dirty[rows, cols] = False
         return cosine.masked_fill(dirty, 0.0)

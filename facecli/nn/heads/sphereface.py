@@ -3,7 +3,9 @@
 ``k = ⌊mθ/π⌋`` makes ψ monotonically decreasing on [0, π]. A margin of m=4 does not train from scratch, so the
 paper blends the target logit with the plain one, ``(λ·cos θ + ψ(θ)) / (1 + λ)``, and anneals λ with the training
 iteration as the official Caffe layer does: ``λ = max(λ_min, base·(1 + γ·iter)^(-power))`` with base 1000,
-γ 0.12, power 1, λ_min 5. The iteration counter is a buffer, so ``--resume`` continues the annealing.
+γ 0.12, power 1, λ_min 5. Caffe's ``MarginInnerProductLayer`` counts the forward pass before computing λ, so the
+first training step already uses iter = 1 (λ = 1000/1.12 ≈ 892.9), and so does this head. The iteration counter is
+a buffer, so ``--resume`` continues the annealing.
 
 The logits are scaled by ``s`` on normalised features (as in the normalised SphereFace of later work) rather than
 by the raw feature norm, so all heads share one scale convention.
@@ -41,11 +43,12 @@ class SphereFace(MarginHead):
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
     def current_lambda(self) -> float:
+        """λ at the current iteration count (a training forward counts itself first, as Caffe does)."""
         it = float(self.iteration.item())
         return max(self.lambda_min, self.lambda_base * (1.0 + self.lambda_gamma * it) ** (-self.lambda_power))
 
     def target_logit(self, cos_t: torch.Tensor, norms_t: torch.Tensor | None) -> torch.Tensor:
-        lam = self.current_lambda()
         if self.training:
             self.iteration += 1
+        lam = self.current_lambda()
         return (lam * cos_t + multiplicative_angular(cos_t, self.m)) / (1.0 + lam)
