@@ -72,3 +72,89 @@ def test_job_array_of_concurrent_shards_merges_into_the_single_run(photos, singl
     assert len(expected) > 22  # img46 has several faces
     pd.testing.assert_frame_equal(merged.drop(columns=TIMING), expected.drop(columns=TIMING))
     assert _crops(out) == _crops(single)
+
+
+# ---------------------------------------------------------------------------------------------- object storage
+
+
+@pytest.fixture
+def memory_fs():
+    """fsspec's in-memory filesystem (``memory://``), emptied after the test."""
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    yield fs
+    for path in ("/raw", "/out", "/sharded"):
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def _upload(fs, photos: Path, root: str) -> None:
+    for path in sorted(photos.rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"{root}/{path.relative_to(photos).as_posix()}", path.read_bytes())
+
+
+def _remote_crops(fs, root: str) -> dict[str, bytes]:
+    return {path[len(root) + 1:]: fs.cat_file(path) for path in sorted(fs.find(root))
+            if not path.endswith(".csv")}
+
+
+def test_memory_urls_give_the_local_run_and_resume(photos, single, memory_fs):
+    _upload(memory_fs, photos, "/raw")
+    memory_fs.pipe_file("/raw/notes.txt", b"not an image")
+    memory_fs.pipe_file("/raw/.hidden/x.jpg", b"hidden entries are skipped, as locally")
+    summary = align_folder("memory://raw", "memory://out", select="all", workers=2)
+    assert summary["workers"] == 1  # memory:// lives in this process only
+    assert summary["manifest"] == "memory://out/manifest.csv" and summary["other_files_ignored"] == 1
+    with memory_fs.open("/out/manifest.csv") as f:
+        remote = pd.read_csv(f, dtype={"source": str, "output": str, "status": str, "reason": str, "settings": str})
+    expected = _manifest(single / "manifest.csv")
+    pd.testing.assert_frame_equal(remote.drop(columns=TIMING), expected.drop(columns=TIMING))
+    assert _remote_crops(memory_fs, "/out") == _crops(single)
+
+    again = align_folder("memory://raw", "memory://out", select="all")
+    assert again["processed"] == 0 and again["skipped_existing"] == summary["files"]
+    broken = expected.output.iloc[0]
+    memory_fs.pipe_file(f"/out/{broken}", b"\xff\xd8 not a whole JPEG")  # an invalid crop is redone
+    memory_fs.rm_file(f"/out/{expected.output.iloc[-1]}")  # and so is a missing one
+    third = align_folder("memory://raw", "memory://out", select="all")
+    assert third["processed"] == 2
+    assert _remote_crops(memory_fs, "/out") == _crops(single)
+
+    redo = align_folder("memory://raw", "memory://out", select="largest")  # other settings: old crops removed
+    assert redo["stale_redone"] == summary["files"]
+    with memory_fs.open("/out/manifest.csv") as f:
+        outputs = set(pd.read_csv(f, dtype={"output": str}).output)
+    assert set(_remote_crops(memory_fs, "/out")) == outputs  # one crop per file, none of the earlier stem_0, ...
+    assert len(outputs) == summary["files"] < len(expected)
+
+
+def test_file_urls_in_worker_processes_and_shards_merged_by_url(photos, single, tmp_path, run_cli):
+    """``file://`` goes through fsspec like s3:// would: pool processes read the inputs through it, each shard
+    uploads its manifest, and --merge-manifests works on the URL."""
+    pytest.importorskip("fsspec")
+    out = tmp_path / "bucket" / "aligned"
+    for index in range(2):
+        res = run_cli("align", f"file://{photos}", f"file://{out}", "--select", "all", "--shard", f"{index}/2",
+                      "--workers", "2", "--json")
+        assert res.returncode == 0, res.stderr
+        assert res.json()["workers"] == 2
+    res = run_cli("align", "--merge-manifests", f"file://{out}", "--json")
+    assert res.returncode == 0, res.stderr
+    assert res.json()["manifest"] == f"file://{out}/manifest.csv"
+    pd.testing.assert_frame_equal(_manifest(out / "manifest.csv").drop(columns=TIMING),
+                                  _manifest(single / "manifest.csv").drop(columns=TIMING))
+    assert _crops(out) == _crops(single)
+    res = run_cli("align", f"file://{photos}", f"file://{photos}/inside")
+    assert res.returncode == 2 and "inside the input folder" in res.stderr
+
+
+def test_urls_without_fsspec_or_with_an_unknown_protocol_fail_in_one_line(tmp_path, monkeypatch, run_cli):
+    res = run_cli("align", "nosuch://bucket/raw", tmp_path / "out")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "nosuch" in res.stderr
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # as if the [cloud] extra were not installed
+    from facecli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"s3://bucket/raw: .*fsspec.*facecli\[cloud\]"):
+        align_folder("s3://bucket/raw", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

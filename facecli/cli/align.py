@@ -52,8 +52,12 @@ def _render_summary(summary: dict):
 
 
 def align_command(
-    raw: Annotated[Optional[Path], typer.Argument(help="Input folder (walked recursively) or one image.")] = None,
-    out: Annotated[Optional[Path], typer.Argument(help="Output folder (created; must not be inside RAW).")] = None,
+    raw: Annotated[
+        Optional[str], typer.Argument(help="Input folder (walked recursively) or one image; or a URL (s3://, gs://).")
+    ] = None,
+    out: Annotated[
+        Optional[str], typer.Argument(help="Output folder (created; must not be inside RAW); or a URL (s3://, gs://).")
+    ] = None,
     size: Annotated[
         int, typer.Option(help="Crop size: 112, 128, or a multiple of either (insightface scaling).")
     ] = 112,
@@ -117,7 +121,7 @@ def align_command(
             summary = merge(target)
             ui.result(summary, _render_summary(summary))
             return
-        raw, out, select = _example_image(), target, "all"
+        raw, out, select = str(_example_image()), target, "all"
     if raw is None or out is None:
         raise UsageError("align needs RAW and OUT: facecli align RAW OUT (or facecli align --example OUT)")
     try:
