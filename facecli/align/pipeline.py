@@ -45,6 +45,7 @@ import numpy as np
 
 from facecli.align.detectors import DETECTORS, Detector, build_detector
 from facecli.align.detectors.base import Face
+from facecli.align.detectors.device import pick_runtime
 from facecli.align.manifest import (
     BOX_COLUMNS,
     LANDMARK_COLUMNS,
@@ -113,6 +114,8 @@ class AlignOptions:
         if self.assume_aligned and self.landmarks is not None:
             raise UsageError("--assume-aligned and --landmarks exclude each other")
         DETECTORS.get(self.detector)  # an unknown name fails here, before any folder is created
+        if not self.assume_aligned and self.landmarks is None and self.detector_options.get("device") is not None:
+            pick_runtime(str(self.detector_options["device"]))  # so does a CUDA device that is not there
 
     def fingerprint(self) -> str:
         """What shapes every crop of this run, hashed: size, format (and JPEG quality), selection and its filters,
@@ -142,9 +145,14 @@ def _digest(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Detector options that decide where it runs, not what it finds: threads, and the device and runtime (CUDA and
+# PyTorch give the same landmarks within 1e-3 px; tests/test_align_device.py).
+_NOT_SHAPING = frozenset({"threads", "device", "runtime"})
+
+
 def _detector_settings(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The detector's name and every option its builder will use (defaults filled in, threads left out), so that
-    the CLI's explicit defaults and a library call without options give the same fingerprint."""
+    """The detector's name and every option its builder will use (defaults filled in, threads and device left out),
+    so that the CLI's explicit defaults and a library call without options give the same fingerprint."""
     builder = DETECTORS.get(name)
     parameters = inspect.signature(builder).parameters
     known = {k: v for k, v in options.items() if k in parameters and v is not None}
@@ -152,7 +160,7 @@ def _detector_settings(name: str, options: dict[str, Any]) -> dict[str, Any]:
     bound.apply_defaults()
     effective: dict[str, Any] = {"name": builder.__name__}
     for key, value in bound.arguments.items():
-        if key == "threads" or parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+        if key in _NOT_SHAPING or parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
             continue
         if key == "model_path" and value is not None and Path(value).is_file():
             value = sha256_file(value)  # the weights, wherever the file lies

@@ -77,6 +77,9 @@ def align_command(
     det_model: Annotated[
         Optional[Path], typer.Option("--det-model", help="ONNX file for --detector scrfd (SCRFD or RetinaFace).")
     ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="Where the detector runs: cpu, cuda, cuda:N or auto (CUDA if present).")
+    ] = "cpu",
     mtcnn_min_size: Annotated[float, typer.Option("--mtcnn-min-size", help="MTCNN smallest face, px.")] = 20.0,
     mtcnn_thresholds: Annotated[
         str, typer.Option("--mtcnn-thresholds", help="MTCNN P,R,O-net thresholds.")
@@ -146,6 +149,7 @@ def align_command(
             "thresholds": thresholds,
             "factor": mtcnn_factor,
             "model_path": det_model,
+            "device": device,
         },
         landmarks=landmarks,
         assume_aligned=assume_aligned,
