@@ -42,6 +42,23 @@ def test_torch_import_of_mtcnn_gives_the_onnxruntime_landmarks(shared_dir, detec
     assert faces > len(lfw) + len(photos)  # img46 holds several faces
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_landmarks(shared_dir, detectors):
+    """On a GPU machine: --device cuda (onnxruntime-gpu, else PyTorch) agrees with the CPU within 1e-3 px."""
+    from facecli.align.detectors.mtcnn import MTCNN
+    from facecli.imageio import read_image
+
+    gpu = MTCNN(device="cuda")
+    assert gpu.runtime.device == "cuda:0"
+    for path in [shared_dir / "data" / "photos" / "img46.jpg", *sorted((shared_dir / "data" / "lfw-sample").rglob(
+            "*.jpg"))[:8]]:
+        image = read_image(path)
+        expected, got = detectors[0].detect(image), gpu.detect(image)
+        assert len(got) == len(expected), path.name
+        for a, b in zip(expected, got, strict=True):
+            np.testing.assert_allclose(b.landmarks, a.landmarks, rtol=0, atol=1e-3)
+
+
 def test_importer_matches_onnxruntime_on_ops_mtcnn_does_not_use():
     """Gemm (transposed, alpha/beta), Reshape, explicit Conv pads, a padded MaxPool and a SAME_UPPER one, Relu."""
     import onnxruntime as ort
