@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from facecli.align.pipeline import align_folder
+from facecli.errors import UsageError
 
 # Wall time of a run, the only column that differs between two runs of the same files.
 TIMING = ["seconds"]
@@ -78,9 +79,12 @@ def test_job_array_of_concurrent_shards_merges_into_the_single_run(photos, singl
 
 
 @pytest.fixture
-def memory_fs():
-    """fsspec's in-memory filesystem (``memory://``), emptied after the test."""
+def memory_fs(tmp_path, monkeypatch):
+    """fsspec's in-memory filesystem (``memory://``), emptied after the test; stage folders under tmp_path."""
+    import tempfile
+
     fsspec = pytest.importorskip("fsspec")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     fs = fsspec.filesystem("memory")
     yield fs
     for path in ("/raw", "/out", "/sharded"):
@@ -134,27 +138,47 @@ def test_file_urls_in_worker_processes_and_shards_merged_by_url(photos, single, 
     uploads its manifest, and --merge-manifests works on the URL."""
     pytest.importorskip("fsspec")
     out = tmp_path / "bucket" / "aligned"
-    for index in range(2):
-        res = run_cli("align", f"file://{photos}", f"file://{out}", "--select", "all", "--shard", f"{index}/2",
-                      "--workers", "2", "--json")
-        assert res.returncode == 0, res.stderr
-        assert res.json()["workers"] == 2
+    res = run_cli("align", f"file://{photos}", f"file://{out}", "--select", "all", "--shard", "0/2", "--workers", "2",
+                  "--json")
+    assert res.returncode == 0, res.stderr
+    assert res.json()["workers"] == 2 and res.json()["manifest"] == f"file://{out}/manifest.shard-0-of-2.csv"
+    assert align_folder(f"file://{photos}", f"file://{out}", select="all", shard="1/2", workers=2)["workers"] == 2
     res = run_cli("align", "--merge-manifests", f"file://{out}", "--json")
     assert res.returncode == 0, res.stderr
     assert res.json()["manifest"] == f"file://{out}/manifest.csv"
     pd.testing.assert_frame_equal(_manifest(out / "manifest.csv").drop(columns=TIMING),
                                   _manifest(single / "manifest.csv").drop(columns=TIMING))
     assert _crops(out) == _crops(single)
-    res = run_cli("align", f"file://{photos}", f"file://{photos}/inside")
-    assert res.returncode == 2 and "inside the input folder" in res.stderr
+    with pytest.raises(UsageError, match="inside the input folder"):
+        align_folder(f"file://{photos}", f"file://{photos}/inside")
 
 
 def test_urls_without_fsspec_or_with_an_unknown_protocol_fail_in_one_line(tmp_path, monkeypatch, run_cli):
     res = run_cli("align", "nosuch://bucket/raw", tmp_path / "out")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "nosuch" in res.stderr
     monkeypatch.setitem(sys.modules, "fsspec", None)  # as if the [cloud] extra were not installed
-    from facecli.errors import UsageError
-
     with pytest.raises(UsageError, match=r"s3://bucket/raw: .*fsspec.*facecli\[cloud\]"):
         align_folder("s3://bucket/raw", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_killed_before_its_manifest_resumes_from_the_local_journal(photos, memory_fs, monkeypatch, tmp_path):
+    """Object stores cannot append: the journal stays in the local stage folder, and a run resumed on the same
+    machine takes every finished file's rows from it (as after kill -9 locally)."""
+    from facecli.align import pipeline
+
+    _upload(memory_fs, photos, "/raw")
+    complete = align_folder("memory://raw", "memory://out", select="all")
+    memory_fs.rm("/out", recursive=True)
+    with monkeypatch.context() as patch:  # the process dies after the last crop, before the manifest
+        patch.setattr(pipeline, "_save_manifest", lambda out, path, rows, journal, failing: journal.close())
+        killed = align_folder("memory://raw", "memory://out", select="all")
+    assert killed["processed"] == complete["files"] and not memory_fs.exists("/out/manifest.csv")
+    assert list(tmp_path.glob("facecli-align-stage/*/.manifest.csv.journal"))
+    resumed = align_folder("memory://raw", "memory://out", select="all")
+    assert resumed["processed"] == 0 and resumed["skipped_existing"] == complete["files"]
+    with memory_fs.open("/out/manifest.csv") as f:
+        rows = pd.read_csv(f)
+    assert len(rows) == complete["crops_written"] and set(rows.status) == {"skipped_existing"}
+    assert rows.lm0_x.notna().all()  # the journal kept each crop's landmarks
+    assert not list(tmp_path.glob("facecli-align-stage/*/.manifest.csv.journal"))
