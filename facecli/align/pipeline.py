@@ -24,6 +24,8 @@ The shape of a run, and why:
   with one line (:class:`FacecliError`) after saving what finished; a crop whose name the file system refuses
   (over 255 bytes) gets status ``unwritable`` and the run goes on. Names that are not valid UTF-8 are carried as
   :func:`facecli.fileio.text_name` text in the manifest and in OUT's file names.
+* **Anywhere fsspec reaches.** RAW and OUT may be URLs (``s3://``, ``gs://``, ...): the same plan, names, resume
+  and shards, with object storage's own way of being atomic (:mod:`facecli.align.remote`).
 """
 
 from __future__ import annotations
