@@ -133,13 +133,16 @@ def test_memory_urls_give_the_local_run_and_resume(photos, single, memory_fs):
     assert len(outputs) == summary["files"] < len(expected)
 
 
-def test_file_urls_in_worker_processes_and_shards_merged_by_url(photos, single, tmp_path, run_cli):
+def test_file_urls_in_worker_processes_and_shards_merged_by_url(photos, single, tmp_path, run_cli, monkeypatch):
     """``file://`` goes through fsspec like s3:// would: pool processes read the inputs through it, each shard
     uploads its manifest, and --merge-manifests works on the URL."""
+    import tempfile
+
     pytest.importorskip("fsspec")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # stage folders, here and in the CLI's process
     out = tmp_path / "bucket" / "aligned"
     res = run_cli("align", f"file://{photos}", f"file://{out}", "--select", "all", "--shard", "0/2", "--workers", "2",
-                  "--json")
+                  "--json", env={**os.environ, "TMPDIR": str(tmp_path)})
     assert res.returncode == 0, res.stderr
     assert res.json()["workers"] == 2 and res.json()["manifest"] == f"file://{out}/manifest.shard-0-of-2.csv"
     assert align_folder(f"file://{photos}", f"file://{out}", select="all", shard="1/2", workers=2)["workers"] == 2
@@ -149,6 +152,7 @@ def test_file_urls_in_worker_processes_and_shards_merged_by_url(photos, single, 
     pd.testing.assert_frame_equal(_manifest(out / "manifest.csv").drop(columns=TIMING),
                                   _manifest(single / "manifest.csv").drop(columns=TIMING))
     assert _crops(out) == _crops(single)
+    assert not [p for p in (tmp_path / "facecli-align-stage").rglob("*") if p.is_file()]  # nothing left staged
     with pytest.raises(UsageError, match="inside the input folder"):
         align_folder(f"file://{photos}", f"file://{photos}/inside")
 

@@ -887,6 +887,8 @@ def _save_manifest(out: Folder, path: Path, rows: list[dict[str, Any]], journal:
             raise
         raise FacecliError(f"cannot write {text_name(path)}: {exc.strerror or exc}") from None
     journal.remove()
+    if isinstance(out, RemoteFolder):
+        out.clear_stage(path.name)
 
 
 def _shown(folder: Folder) -> str:

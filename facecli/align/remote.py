@@ -164,6 +164,11 @@ class RemoteFolder:
         self._stage = folder
         return folder
 
+    def clear_stage(self, name: str) -> None:
+        """Remove the staged copy of manifest ``name`` once it is uploaded. The (empty) folder stays: another shard
+        of this OUT on this machine may be about to put its journal there."""
+        (self.stage() / name).unlink(missing_ok=True)
+
     def is_file(self, rel: str) -> bool:
         return bool(self._call("read", "isfile", self.path(rel)))
 

@@ -130,18 +130,16 @@ class TorchSession:
         far more than the 1e-3 px these runtimes agree to."""
         import torch
 
-        flags = (torch.backends.cudnn, torch.backends.cuda.matmul)
-        saved = [flag.allow_tf32 for flag in flags]
+        cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+        saved = cudnn.allow_tf32, matmul.allow_tf32
         try:
-            for flag in flags:
-                flag.allow_tf32 = False
+            cudnn.allow_tf32 = matmul.allow_tf32 = False
             with torch.inference_mode():
                 pixels = torch.from_numpy(np.ascontiguousarray(feeds["pixels"])).to(self.device).float()
                 outputs = dict(zip(self.module.outputs, self.module(pixels), strict=True))
                 return [outputs[name].float().cpu().numpy() for name in names]
         finally:
-            for flag, value in zip(flags, saved, strict=True):
-                flag.allow_tf32 = value
+            cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def _session(path: Path, threads: int, pixel_type: str, runtime: Runtime | None = None):
