@@ -337,6 +337,14 @@ _FILE_KINDS = [
 ]
 
 
+def file_size_error(size: int, limit: int) -> ImageReadError:
+    """``too_large`` for a file bigger than ``limit`` bytes (see :func:`max_file_bytes`), refused unread."""
+    return ImageReadError(
+        "too_large", f"file is {size} bytes, more than any image within the pixel limit can take "
+        f"({limit} bytes; raise --max-pixels)",
+    )
+
+
 def read_file_bytes(path: str | os.PathLike, limit: int) -> bytes:
     """The bytes of a regular file (links resolved) of at most ``limit`` bytes; anything else is refused unopened.
 
@@ -357,10 +365,7 @@ def read_file_bytes(path: str | os.PathLike, limit: int) -> bytes:
         kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
         raise ImageReadError("not_a_file", f"is {kind}, not a regular file")
     if info.st_size > limit:
-        raise ImageReadError(
-            "too_large", f"file is {info.st_size} bytes, more than any image within the pixel limit can take "
-            f"({limit} bytes; raise --max-pixels)",
-        )
+        raise file_size_error(info.st_size, limit)
     try:
         return Path(path).read_bytes()
     except PermissionError:

@@ -153,7 +153,24 @@ def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def merge_manifests(out: str | Path) -> dict[str, Any]:
-    """Join ``manifest.shard-I-of-N.csv`` in ``out`` into ``manifest.csv``; every shard must be there, once."""
+    """Join ``manifest.shard-I-of-N.csv`` in ``out`` into ``manifest.csv``; every shard must be there, once.
+    ``out`` may be an fsspec URL: the shard manifests are downloaded, merged here and the result uploaded."""
+    from facecli.align.remote import RemoteFolder, is_url
+
+    if is_url(out):
+        import tempfile
+
+        folder = RemoteFolder(str(out))
+        with tempfile.TemporaryDirectory() as local:
+            for name in folder.names():
+                if _SHARD_RE.match(name):
+                    folder.download(name, Path(local) / name)
+            try:
+                summary = merge_manifests(local)
+            except UsageError as exc:
+                raise UsageError(str(exc).replace(local, folder.url)) from None
+            folder.upload(Path(local) / MANIFEST_NAME, MANIFEST_NAME)
+        return {**summary, "out": folder.url, "manifest": folder.url_of(MANIFEST_NAME)}
     out = Path(out)
     if not out.is_dir():
         raise UsageError(f"output folder not found: {out}")

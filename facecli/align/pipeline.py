@@ -24,6 +24,8 @@ The shape of a run, and why:
   with one line (:class:`FacecliError`) after saving what finished; a crop whose name the file system refuses
   (over 255 bytes) gets status ``unwritable`` and the run goes on. Names that are not valid UTF-8 are carried as
   :func:`facecli.fileio.text_name` text in the manifest and in OUT's file names.
+* **Anywhere fsspec reaches.** RAW and OUT may be URLs (``s3://``, ``gs://``, ...): the same plan, names, resume
+  and shards, with object storage's own way of being atomic (:mod:`facecli.align.remote`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import numpy as np
 
 from facecli.align.detectors import DETECTORS, Detector, build_detector
 from facecli.align.detectors.base import Face
+from facecli.align.detectors.device import pick_runtime
 from facecli.align.manifest import (
     BOX_COLUMNS,
     LANDMARK_COLUMNS,
@@ -59,6 +62,7 @@ from facecli.align.manifest import (
     status_counts,
     write_manifest,
 )
+from facecli.align.remote import RemoteFile, RemoteFolder, in_one_process, is_url
 from facecli.align.selection import SELECT_MODES, select_faces
 from facecli.align.transform import estimate_norm, template, warp
 from facecli.errors import FacecliError, UsageError
@@ -66,6 +70,8 @@ from facecli.fileio import atomic_write_bytes, sha256_file, text_name
 from facecli.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
+    LoadedImage,
+    decode_image_with_notes,
     decodes,
     encode_image,
     is_image_path,
@@ -110,6 +116,8 @@ class AlignOptions:
         if self.assume_aligned and self.landmarks is not None:
             raise UsageError("--assume-aligned and --landmarks exclude each other")
         DETECTORS.get(self.detector)  # an unknown name fails here, before any folder is created
+        if not self.assume_aligned and self.landmarks is None and self.detector_options.get("device") is not None:
+            pick_runtime(str(self.detector_options["device"]))  # so does a CUDA device that is not there
 
     def fingerprint(self) -> str:
         """What shapes every crop of this run, hashed: size, format (and JPEG quality), selection and its filters,
@@ -139,9 +147,14 @@ def _digest(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Detector options that decide where it runs, not what it finds: threads, and the device and runtime (CUDA and
+# PyTorch give the same landmarks within 1e-3 px; tests/test_align_device.py).
+_NOT_SHAPING = frozenset({"threads", "device", "runtime"})
+
+
 def _detector_settings(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The detector's name and every option its builder will use (defaults filled in, threads left out), so that
-    the CLI's explicit defaults and a library call without options give the same fingerprint."""
+    """The detector's name and every option its builder will use (defaults filled in, threads and device left out),
+    so that the CLI's explicit defaults and a library call without options give the same fingerprint."""
     builder = DETECTORS.get(name)
     parameters = inspect.signature(builder).parameters
     known = {k: v for k, v in options.items() if k in parameters and v is not None}
@@ -149,7 +162,7 @@ def _detector_settings(name: str, options: dict[str, Any]) -> dict[str, Any]:
     bound.apply_defaults()
     effective: dict[str, Any] = {"name": builder.__name__}
     for key, value in bound.arguments.items():
-        if key == "threads" or parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+        if key in _NOT_SHAPING or parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
             continue
         if key == "model_path" and value is not None and Path(value).is_file():
             value = sha256_file(value)  # the weights, wherever the file lies
@@ -163,9 +176,10 @@ def _detector_settings(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Job:
-    """One input file: where it is, its manifest name, and its output name without the suffix."""
+    """One input file: where it is (a local path, or a file on object storage), its manifest name, and its output
+    name without the suffix."""
 
-    path: Path
+    path: Path | RemoteFile
     source: str
     stem: str
 
@@ -200,8 +214,41 @@ def check_folders(raw: Path, out: Path) -> tuple[Path, Path]:
     return raw_r, out_r
 
 
-def _make_out(out: Path) -> None:
+Folder = Path | RemoteFolder
+
+
+def locate(raw: str | Path, out: str | Path) -> tuple[Folder, Folder]:
+    """RAW and OUT as local paths (checked by :func:`check_folders`) or, given as URLs, folders on object storage
+    (the same checks: RAW exists and is a folder or an image, OUT is not inside RAW and not a file)."""
+    if not is_url(raw) and not is_url(out):
+        return check_folders(Path(raw), Path(out))
+    raw_f: Folder = RemoteFolder(str(raw)) if is_url(raw) else Path(raw)
+    out_f: Folder = RemoteFolder(str(out)) if is_url(out) else Path(out)
+    if isinstance(raw_f, Path):
+        if not raw_f.exists():
+            raise UsageError(f"input not found: {text_name(raw_f)}")
+        if not raw_f.is_dir() and not is_image_path(raw_f):
+            raise UsageError(f"input is neither a folder nor an image file: {text_name(raw_f)}")
+        raw_f = raw_f.resolve()
+    else:
+        if not raw_f.exists():
+            raise UsageError(f"input not found: {raw_f}")
+        if not raw_f.is_dir() and not is_image_path(raw_f.root):
+            raise UsageError(f"input is neither a folder nor an image file: {raw_f}")
+        if isinstance(out_f, RemoteFolder) and raw_f.is_dir() and raw_f.contains(out_f):
+            raise UsageError(f"output folder {out_f} is inside the input folder {raw_f}; choose a folder outside it")
+    if isinstance(out_f, Path):
+        if out_f.exists() and not out_f.is_dir():
+            raise FacecliError(f"output path exists and is not a folder: {text_name(out_f)}")
+        out_f = out_f.resolve()
+    return raw_f, out_f
+
+
+def _make_out(out: Folder) -> None:
     """Create OUT, or say in one line why it cannot be (a parent that is a file, no permission, read-only disk)."""
+    if isinstance(out, RemoteFolder):
+        out.prepare()
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -210,13 +257,15 @@ def _make_out(out: Path) -> None:
         raise FacecliError(f"cannot write to output folder {text_name(out)}: permission denied")
 
 
-def plan_jobs(raw: Path) -> tuple[list[Job], int]:
+def plan_jobs(raw: Folder) -> tuple[list[Job], int]:
     """Every image file under ``raw`` (any depth, sorted, hidden entries skipped) and the count of other files.
 
     Entries named like images are jobs whatever they are (a FIFO, a device, a link to a folder): the read
     records them as ``not_a_file`` instead of letting them vanish. Real folders are walked, never followed
     through links. Sources and output stems are :func:`text_name` text (valid UTF-8 whatever the name's bytes).
     """
+    if isinstance(raw, RemoteFolder):
+        return _plan_remote_jobs(raw)
     if not raw.is_dir():
         return [Job(raw, text_name(raw.name), text_name(raw.stem))], 0
     jobs: list[Job] = []
@@ -241,6 +290,33 @@ def plan_jobs(raw: Path) -> tuple[list[Job], int]:
     return jobs, ignored
 
 
+def _plan_remote_jobs(raw: RemoteFolder) -> tuple[list[Job], int]:
+    """:func:`plan_jobs` for a folder on object storage: the same sources and output names for the same tree."""
+    listed = raw.files()
+    if not raw.is_dir():
+        (name, file), = listed
+        return [Job(file, name, PurePosixPath(name).stem)], 0
+    folders: dict[str, list[tuple[str, RemoteFile]]] = {}
+    ignored = 0
+    for rel, file in listed:
+        if not is_image_path(rel):
+            ignored += 1
+            continue
+        parent = PurePosixPath(rel).parent.as_posix()
+        folders.setdefault("" if parent == "." else parent, []).append((PurePosixPath(rel).name, file))
+    jobs: list[Job] = []
+    for folder, entries in folders.items():
+        stems: dict[str, int] = {}
+        for name, _ in entries:
+            stems[PurePosixPath(name).stem] = stems.get(PurePosixPath(name).stem, 0) + 1
+        for name, file in entries:
+            stem = PurePosixPath(name).stem
+            stem = stem if stems[stem] == 1 else name
+            jobs.append(Job(file, (PurePosixPath(folder) / name).as_posix(), (PurePosixPath(folder) / stem).as_posix()))
+    jobs.sort(key=lambda j: j.source)
+    return jobs, ignored
+
+
 def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
     """``"I/N"`` (0-based I), else ``RANK``/``WORLD_SIZE`` from the environment, else the whole tree."""
     env = dict(os.environ) if env is None else env
@@ -257,8 +333,9 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
     return index, count
 
 
-def read_landmarks_csv(path: Path, raw: Path) -> dict[str, list[np.ndarray]]:
-    """``path,x1,y1,...,x5,y5`` rows → {source relative to RAW: [landmarks (5, 2) float32, ...]}."""
+def read_landmarks_csv(path: Path, raw: Folder) -> dict[str, list[np.ndarray]]:
+    """``path,x1,y1,...,x5,y5`` rows → {source relative to RAW: [landmarks (5, 2) float32, ...]}. Absolute paths
+    are made relative to a local RAW; with RAW on object storage, paths must be relative."""
     import pandas as pd
 
     if not path.is_file():
@@ -273,7 +350,7 @@ def read_landmarks_csv(path: Path, raw: Path) -> dict[str, list[np.ndarray]]:
     frame.columns = columns
     if frame.iloc[0, 0].strip().lower() == "path":
         frame = frame.iloc[1:]
-    base = raw if raw.is_dir() else raw.parent
+    base = None if isinstance(raw, RemoteFolder) else (raw if raw.is_dir() else raw.parent)
     result: dict[str, list[np.ndarray]] = {}
     for line, row in enumerate(frame.itertuples(index=False), start=2):
         try:
@@ -282,6 +359,9 @@ def read_landmarks_csv(path: Path, raw: Path) -> dict[str, list[np.ndarray]]:
             raise UsageError(f"{path}: row {line} has a non-numeric landmark") from None
         source = Path(row[0])
         if source.is_absolute():
+            if base is None:
+                raise UsageError(f"{path}: row {line}: {row[0]} is absolute; with RAW at {raw}, give paths relative "
+                                 "to it")
             try:
                 source = source.resolve().relative_to(base)
             except ValueError:
@@ -332,13 +412,19 @@ def _crop_matrix(landmarks: np.ndarray, size: int) -> tuple[np.ndarray | None, s
     return matrix, ""
 
 
+def _load(job: Job, max_pixels: int) -> LoadedImage:
+    if isinstance(job.path, RemoteFile):
+        return decode_image_with_notes(job.path.read_bytes(max_file_bytes(max_pixels)), max_pixels=max_pixels)
+    return load_image(job.path, max_pixels)
+
+
 def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> FileResult:
     """Everything for one input file; never raises for a bad image (the row says what happened)."""
     import cv2
 
     start = time.perf_counter()
     try:
-        loaded = load_image(job.path, options.max_pixels)
+        loaded = _load(job, options.max_pixels)
     except ImageReadError as exc:
         return FileResult([_row(job, exc.status, exc.reason, seconds=time.perf_counter() - start)], [])
     rgb = loaded.rgb
@@ -409,8 +495,12 @@ def _output_path(out: Path, output: str) -> Path | None:
     return out / rel
 
 
-def _valid_crop(out: Path, output: str) -> bool:
+def _valid_crop(out: Folder, output: str) -> bool:
     """An existing output counts as done only if it is a whole, decodable image (a regular file inside OUT)."""
+    if isinstance(out, RemoteFolder):
+        inside = _output_path(Path("."), output)
+        data = out.read_bytes(output, max_file_bytes()) if inside is not None else None
+        return data is not None and decodes(data)
     path = _output_path(out, output)
     if path is None:
         return False
@@ -420,24 +510,43 @@ def _valid_crop(out: Path, output: str) -> bool:
         return False
 
 
-def _previous_rows(out: Path, names: list[str]) -> dict[str, list[dict[str, Any]]]:
+def _manifest_path(out: Folder, name: str) -> Path:
+    """Where this run writes manifest ``name`` and keeps its journal: in OUT, or for OUT on object storage in its
+    local stage folder (the manifest is uploaded from there, see :mod:`facecli.align.remote`)."""
+    return out.stage() / name if isinstance(out, RemoteFolder) else out / name
+
+
+def _manifest_rows(out: Folder, name: str) -> list[dict[str, Any]] | None:
+    """The rows of manifest ``name`` in OUT, or None when there is none."""
+    if isinstance(out, Path):
+        return read_manifest(out / name) if (out / name).is_file() else None
+    if not out.is_file(name):
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=out.stage()) as folder:  # concurrent shards each read their own copy
+        out.download(name, Path(folder) / name)
+        return read_manifest(Path(folder) / name)
+
+
+def _previous_rows(out: Folder, names: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Rows per source from earlier runs: each manifest in ``names``, then its journal (rows of files finished
     after that manifest was written), later ones replacing earlier ones per source (a shard's own beats the
     merged one)."""
     by_source: dict[str, list[dict[str, Any]]] = {}
     for name in names:
-        path = out / name
-        if path.is_file():
+        manifest = _manifest_rows(out, name)
+        if manifest is not None:
             recorded: dict[str, list[dict[str, Any]]] = {}
-            for row in read_manifest(path):
+            for row in manifest:
                 recorded.setdefault(row["source"], []).append(row)
             by_source.update(recorded)
-        for rows in read_journal(journal_path(path))[0]:
+        for rows in read_journal(journal_path(_manifest_path(out, name)))[0]:
             by_source[rows[0]["source"]] = rows
     return by_source
 
 
-def _already_done(out: Path, fingerprint: str, previous: list[dict[str, Any]]) -> list[dict] | None:
+def _already_done(out: Folder, fingerprint: str, previous: list[dict[str, Any]]) -> list[dict] | None:
     """Rows to reuse (status ``skipped_existing``) if a previous run recorded crops for this file with these
     settings and they exist and decode; None when the file must be (re)done."""
     written = [r for r in previous if r["status"] in WRITTEN_STATUSES and r.get("output")]
@@ -452,11 +561,15 @@ def _already_done(out: Path, fingerprint: str, previous: list[dict[str, Any]]) -
     return kept
 
 
-def _remove_stale(out: Path, rows: list[dict[str, Any]], keep: set[str]) -> None:
+def _remove_stale(out: Folder, rows: list[dict[str, Any]], keep: set[str]) -> None:
     """Delete the crops a previous run made for a file that is being redone (other settings, ``--overwrite``), so
     OUT never holds a crop the new manifest does not describe."""
     for row in rows:
         output = row.get("output")
+        if isinstance(out, RemoteFolder):
+            if output and output not in keep and _output_path(Path("."), output) is not None:
+                out.remove(output)
+            continue
         path = _output_path(out, output) if output and output not in keep else None
         if path is not None and path.is_file():
             try:
@@ -483,6 +596,8 @@ def usable_cpus() -> int:
 
 
 def _file_size(job: Job) -> int:
+    if isinstance(job.path, RemoteFile):
+        return job.path.size
     try:
         return job.path.stat().st_size
     except OSError:
@@ -713,24 +828,30 @@ def _shared_results(pool_future: Any, jobs: _JobQueue, finished: Any, options: A
 _NAME_ERRORS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL})
 
 
-def _write_result(out: Path, result: FileResult) -> list[dict[str, Any]]:
+def _write_result(out: Folder, result: FileResult) -> list[dict[str, Any]]:
     """Write one file's crops atomically; its rows, or one ``unwritable`` row when the file system refuses a crop's
     name (its other crops are removed). Raises :class:`FacecliError` for errors of the whole run."""
-    written: list[Path] = []
+    written: list[str] = []
     for name, data in result.files:
-        target = out / name
         try:
-            atomic_write_bytes(target, data)
+            if isinstance(out, RemoteFolder):
+                out.write_bytes(name, data)  # one PUT: whole or absent
+            else:
+                atomic_write_bytes(out / name, data)
         except OSError as exc:
+            shown = out.url_of(name) if isinstance(out, RemoteFolder) else text_name(out / name)
             if exc.errno not in _NAME_ERRORS:
-                raise FacecliError(f"cannot write {text_name(target)}: {exc.strerror or exc}") from None
-            for path in written:
-                path.unlink(missing_ok=True)
+                raise FacecliError(f"cannot write {shown}: {exc.strerror or exc}") from None
+            for done in written:
+                if isinstance(out, RemoteFolder):
+                    out.remove(done)
+                else:
+                    (out / done).unlink(missing_ok=True)
             first = result.rows[0]
             reason = f"cannot write crop {name}: {exc.strerror}"
             kept = {k: first.get(k) for k in ("source", "width", "height", "seconds")}
             return [{**kept, "output": None, "status": "unwritable", "reason": reason, "face": None}]
-        written.append(target)
+        written.append(name)
     return result.rows
 
 
@@ -750,17 +871,28 @@ def _record(journal: Journal, rows: list[dict[str, Any]]) -> None:
         raise FacecliError(f"cannot write {text_name(journal.path)}: {exc.strerror or exc}") from None
 
 
-def _save_manifest(path: Path, rows: list[dict[str, Any]], journal: Journal, failing: bool) -> None:
-    """Write the manifest and drop the journal it replaces. When the run is already failing (a full disk, say) a
-    manifest that cannot be written is left to the journal, and the first error is the one reported."""
+def _save_manifest(out: Folder, path: Path, rows: list[dict[str, Any]], journal: Journal, failing: bool) -> None:
+    """Write the manifest (and upload it to OUT on object storage) and drop the journal it replaces. When the run
+    is already failing (a full disk, say) a manifest that cannot be written is left to the journal, and the first
+    error is the one reported."""
     try:
         write_manifest(path, rows)
-    except OSError as exc:
+        if isinstance(out, RemoteFolder):
+            out.upload(path, path.name)
+    except (OSError, FacecliError) as exc:
         journal.close()
         if failing:
             return
+        if isinstance(exc, FacecliError):
+            raise
         raise FacecliError(f"cannot write {text_name(path)}: {exc.strerror or exc}") from None
     journal.remove()
+    if isinstance(out, RemoteFolder):
+        out.clear_stage(path.name)
+
+
+def _shown(folder: Folder) -> str:
+    return str(folder) if isinstance(folder, RemoteFolder) else text_name(folder)
 
 
 def align_folder(
@@ -785,11 +917,12 @@ def align_folder(
 ) -> dict[str, Any]:
     """Align every image under ``raw`` into ``out``; returns the run summary (counts per status, speed, paths).
 
+    ``raw`` and ``out`` are local paths or fsspec URLs (``s3://bucket/raw``, see :mod:`facecli.align.remote`).
     ``detector_options`` go to the detector's builder (MTCNN: ``min_face_size``, ``thresholds``, ``factor``;
     SCRFD: ``model_path``). ``shard`` is ``"I/N"``; without it ``RANK``/``WORLD_SIZE`` are honoured. ``workers``
     defaults to :func:`auto_workers` of the shard's files still to do.
     """
-    raw, out = check_folders(Path(raw), Path(out))
+    source_folder, target = locate(raw, out)
     shard_index, num_shards = parse_shard(shard)
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
@@ -804,15 +937,15 @@ def align_folder(
         detector=detector,
         detector_options=dict(detector_options or {}),
         assume_aligned=assume_aligned,
-        landmarks=read_landmarks_csv(Path(landmarks), raw) if landmarks is not None else None,
+        landmarks=read_landmarks_csv(Path(landmarks), source_folder) if landmarks is not None else None,
     )
     options.validate()
     started = time.perf_counter()
-    all_jobs, ignored = plan_jobs(raw)
+    all_jobs, ignored = plan_jobs(source_folder)
     jobs = all_jobs[shard_index::num_shards]
-    _make_out(out)
-    manifest_path = out / manifest_name(shard_index, num_shards)
-    previous = _previous_rows(out, list(dict.fromkeys([MANIFEST_NAME, manifest_path.name])))
+    _make_out(target)
+    manifest_path = _manifest_path(target, manifest_name(shard_index, num_shards))
+    previous = _previous_rows(target, list(dict.fromkeys([MANIFEST_NAME, manifest_path.name])))
     run_fingerprint = options.fingerprint()
     fingerprints = {job.source: options.file_fingerprint(run_fingerprint, job.source) for job in jobs}
 
@@ -822,7 +955,7 @@ def align_folder(
     stale = 0
     for job in jobs:
         earlier = previous.get(job.source, [])
-        done = None if overwrite else _already_done(out, fingerprints[job.source], earlier)
+        done = None if overwrite else _already_done(target, fingerprints[job.source], earlier)
         if done:
             rows.extend(done)
             continue
@@ -830,9 +963,11 @@ def align_folder(
         recorded = [r for r in earlier if r["status"] in WRITTEN_STATUSES]
         redone.extend(recorded)
         stale += any(r.get("settings") != fingerprints[job.source] for r in recorded)
-    _remove_stale(out, redone, keep={r["output"] for r in rows})
+    _remove_stale(target, redone, keep={r["output"] for r in rows})
 
     workers = workers or auto_workers(todo)
+    if isinstance(source_folder, RemoteFolder) and in_one_process(source_folder.fs):
+        workers = 1  # worker processes would not see this process's memory:// files
     ctx = None  # no pool: one worker, or nothing to share
     if workers > 1 and len(todo) > 1:
         # Start the fork server now; while it imports the detector's runtime on one core, this process imports
@@ -848,7 +983,7 @@ def align_folder(
         with _results(todo, options, workers, ctx) as results, progress(len(jobs)) as advance:
             advance(len(jobs) - len(todo))
             for result in results:
-                finished = _write_result(out, result)
+                finished = _write_result(target, result)
                 for row in finished:
                     row["settings"] = fingerprints[row["source"]] if row["status"] == "ok" else None
                 _record(journal, finished)
@@ -857,17 +992,17 @@ def align_folder(
                 cpu_seconds += result.cpu_seconds
                 advance(1)
     except BaseException:
-        _save_manifest(manifest_path, rows, journal, failing=True)  # also on Ctrl-C: what finished is recorded
+        _save_manifest(target, manifest_path, rows, journal, failing=True)  # also on Ctrl-C: what finished is kept
         raise
-    _save_manifest(manifest_path, rows, journal, failing=False)
+    _save_manifest(target, manifest_path, rows, journal, failing=False)
 
     elapsed = time.perf_counter() - started
     counts = status_counts(rows)
     problems = {k: v for k, v in counts.items() if k not in WRITTEN_STATUSES}
     return {
-        "raw": text_name(raw),
-        "out": text_name(out),
-        "manifest": text_name(manifest_path),
+        "raw": _shown(source_folder),
+        "out": _shown(target),
+        "manifest": target.url_of(manifest_path.name) if isinstance(target, RemoteFolder) else text_name(manifest_path),
         "shard": f"{shard_index}/{num_shards}",
         "workers": workers,
         "files": len(jobs),

@@ -52,8 +52,12 @@ def _render_summary(summary: dict):
 
 
 def align_command(
-    raw: Annotated[Optional[Path], typer.Argument(help="Input folder (walked recursively) or one image.")] = None,
-    out: Annotated[Optional[Path], typer.Argument(help="Output folder (created; must not be inside RAW).")] = None,
+    raw: Annotated[
+        Optional[str], typer.Argument(help="Input folder (walked recursively) or one image; or a URL (s3://, gs://).")
+    ] = None,
+    out: Annotated[
+        Optional[str], typer.Argument(help="Output folder (created; must not be inside RAW); or a URL (s3://, gs://).")
+    ] = None,
     size: Annotated[
         int, typer.Option(help="Crop size: 112, 128, or a multiple of either (insightface scaling).")
     ] = 112,
@@ -73,6 +77,9 @@ def align_command(
     det_model: Annotated[
         Optional[Path], typer.Option("--det-model", help="ONNX file for --detector scrfd (SCRFD or RetinaFace).")
     ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="Where the detector runs: cpu, cuda, cuda:N or auto (CUDA if present).")
+    ] = "cpu",
     mtcnn_min_size: Annotated[float, typer.Option("--mtcnn-min-size", help="MTCNN smallest face, px.")] = 20.0,
     mtcnn_thresholds: Annotated[
         str, typer.Option("--mtcnn-thresholds", help="MTCNN P,R,O-net thresholds.")
@@ -117,7 +124,7 @@ def align_command(
             summary = merge(target)
             ui.result(summary, _render_summary(summary))
             return
-        raw, out, select = _example_image(), target, "all"
+        raw, out, select = str(_example_image()), target, "all"
     if raw is None or out is None:
         raise UsageError("align needs RAW and OUT: facecli align RAW OUT (or facecli align --example OUT)")
     try:
@@ -142,6 +149,7 @@ def align_command(
             "thresholds": thresholds,
             "factor": mtcnn_factor,
             "model_path": det_model,
+            "device": device,
         },
         landmarks=landmarks,
         assume_aligned=assume_aligned,

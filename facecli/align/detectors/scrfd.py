@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from facecli.align.detectors.base import DETECTORS, Face
+from facecli.align.detectors.device import pick_runtime
 from facecli.errors import UsageError
 
 
@@ -24,6 +25,7 @@ class SCRFD:
         input_size: tuple[int, int] = (640, 640),
         score_threshold: float = 0.5,
         threads: int = 1,
+        device: str = "cpu",
     ) -> None:
         path = Path(model_path)
         if not path.is_file():
@@ -33,16 +35,23 @@ class SCRFD:
         import onnxruntime as ort
         from insightface import model_zoo
 
+        try:
+            runtime = pick_runtime(device, "onnxruntime")
+        except UsageError:
+            raise UsageError(f"--device {device}: SCRFD runs in onnxruntime, and its CUDA provider is not available "
+                             "(pip install onnxruntime-gpu); use --device cpu or auto") from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        gpu = -1 if runtime.device == "cpu" else int(runtime.device.partition(":")[2])
+        providers: list = ["CPUExecutionProvider"] if gpu < 0 else [("CUDAExecutionProvider", {"device_id": gpu})]
         try:
-            model = model_zoo.get_model(str(path), providers=["CPUExecutionProvider"], sess_options=opts)
+            model = model_zoo.get_model(str(path), providers=providers, sess_options=opts)
         except Exception as exc:  # onnxruntime/onnx parse errors name the internal cause only
             raise UsageError(f"cannot load detector model {path}: {exc}") from None
         if model is None or not hasattr(model, "detect") or getattr(model, "taskname", "detection") != "detection":
             raise UsageError(f"{path} is not an insightface SCRFD/RetinaFace detection model")
-        model.prepare(ctx_id=-1, input_size=tuple(input_size), det_thresh=float(score_threshold))
+        model.prepare(ctx_id=gpu, input_size=tuple(input_size), det_thresh=float(score_threshold))
         self._model = model
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
@@ -66,9 +75,10 @@ def build_scrfd(
     input_size: tuple[int, int] = (640, 640),
     score_threshold: float = 0.5,
     threads: int = 1,
+    device: str = "cpu",
     **_other_detectors_options: object,
 ) -> SCRFD:
     """SCRFD/RetinaFace needs its ONNX file (``--det-model``); insightface's weights are not bundled."""
     if model_path is None:
         raise UsageError("--detector scrfd needs --det-model PATH.onnx (an insightface SCRFD or RetinaFace model)")
-    return SCRFD(model_path, input_size=input_size, score_threshold=score_threshold, threads=threads)
+    return SCRFD(model_path, input_size=input_size, score_threshold=score_threshold, threads=threads, device=device)
