@@ -39,6 +39,13 @@ def check_precision(amp: str, device: torch.device) -> None:
                          "or fp32")
 
 
+def tune_device(device: torch.device) -> None:
+    """Let cuDNN pick the fastest convolution algorithms for the (fixed) training input shape, as arcface_torch
+    does; the choice is not bit-reproducible, which GPU training is not anyway (CPU runs are untouched)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The forward pass's precision context."""
     dtype = autocast_dtype(amp)

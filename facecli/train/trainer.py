@@ -111,6 +111,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.device = pick_device(cfg.device)
         acceleration.check_precision(cfg.amp, self.device)
+        acceleration.tune_device(self.device)
         self.dataset: FaceDataset = open_dataset(cfg.data.path)
         torch.manual_seed(cfg.seed)
         model, self.info = build_model(cfg, self.dataset.num_classes)
