@@ -141,11 +141,10 @@ class FaissIndex:
             raise ValueError(f"unknown FAISS index kind {kind!r}; choose one of {', '.join(self.KINDS)}")
         self.templates = np.ascontiguousarray(templates)
         key = hashlib.sha256(self.templates.tobytes()).hexdigest() + f"|{self.templates.dtype}|{kind}|{ivf_above}"
-        self.index = _load_cached(cache, key) if cache is not None else None
-        if self.index is None:
-            self.index = _build_faiss(faiss, self.templates, kind, ivf_above)
-            if cache is not None:
-                _save_cached(cache, key, self.index)
+        cached = _load_cached(cache, key) if cache is not None else None
+        self.index: Any = cached if cached is not None else _build_faiss(faiss, self.templates, kind, ivf_above)
+        if cache is not None and cached is None:
+            _save_cached(cache, key, self.index)
         structure = faiss.downcast_index(self.index)
         self.structure = _structure(faiss, structure)
         if hasattr(structure, "nprobe"):

@@ -73,7 +73,7 @@ def prepare_backbone(backbone: nn.Module, cfg: TrainConfig) -> None:
         for part in parts:
             part.grad_checkpoint = True
     if cfg.channels_last:
-        backbone.to(memory_format=torch.channels_last)
+        backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented, not in stubs
     if cfg.compile:
         backbone.compile()
 

@@ -35,7 +35,7 @@ def _frozen_batchnorm(module: nn.Module) -> Iterator[None]:
     finally:
         for m, (momentum, tracked) in zip(norms, saved, strict=True):
             m.momentum = momentum
-            if tracked is not None:
+            if tracked is not None and m.num_batches_tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
 
 
