@@ -370,6 +370,22 @@ def test_faiss_small_galleries_use_the_exact_flat_index():
         assert index.bytes_per_template() == 32 * 4
         np.testing.assert_array_equal(index.search(templates[:20], 3)[1], ExactIndex(templates).search(
             templates[:20], 3)[1])
+    with pytest.raises(UsageError, match="--search-width applies to the FAISS indexes"):
+        build_index("exact", templates, search_width=8)
+    with pytest.raises(UsageError, match="at least 1"):
+        build_index("faiss", templates, search_width=0)
+
+
+def test_faiss_search_width_sets_nprobe_and_ef_search():
+    faiss = pytest.importorskip("faiss")
+    from facecli.gallery.search import build_index
+
+    templates = unit(np.random.default_rng(18).standard_normal((10000, 16)))
+    ivf = build_index("faiss-ivfpq", templates, search_width=7)
+    assert faiss.extract_index_ivf(ivf.index).nprobe == 7
+    hnsw = build_index("faiss-hnsw", templates, search_width=40)
+    assert faiss.downcast_index(hnsw.index).hnsw.efSearch == 40
+    assert faiss.downcast_index(build_index("faiss-hnsw", templates).index).hnsw.efSearch == 128
 
 
 def test_faiss_missing_is_a_clear_usage_error(monkeypatch):

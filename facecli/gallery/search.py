@@ -230,22 +230,26 @@ def _build_faiss(faiss: Any, templates: np.ndarray, kind: str, ivf_above: int) -
     return index
 
 
+def _width(search_width: int | None) -> dict[str, int]:
+    return {} if search_width is None else {"nprobe": search_width, "ef_search": search_width}
+
+
 @INDEXES.register("faiss")
-def faiss_auto(templates: np.ndarray, cache: Path | None = None) -> FaissIndex:
+def faiss_auto(templates: np.ndarray, cache: Path | None = None, search_width: int | None = None) -> FaissIndex:
     """FAISS flat (exact) up to 100k templates, IVF-Flat above."""
-    return FaissIndex(templates, cache, kind="auto")
+    return FaissIndex(templates, cache, kind="auto", **_width(search_width))
 
 
 @INDEXES.register("faiss-ivfpq")
-def faiss_ivfpq(templates: np.ndarray, cache: Path | None = None) -> FaissIndex:
+def faiss_ivfpq(templates: np.ndarray, cache: Path | None = None, search_width: int | None = None) -> FaissIndex:
     """FAISS IVF-PQ codes, candidates re-ranked exactly."""
-    return FaissIndex(templates, cache, kind="ivfpq")
+    return FaissIndex(templates, cache, kind="ivfpq", **_width(search_width))
 
 
 @INDEXES.register("faiss-hnsw")
-def faiss_hnsw(templates: np.ndarray, cache: Path | None = None) -> FaissIndex:
+def faiss_hnsw(templates: np.ndarray, cache: Path | None = None, search_width: int | None = None) -> FaissIndex:
     """FAISS HNSW over 8-bit codes, candidates re-ranked exactly."""
-    return FaissIndex(templates, cache, kind="hnsw")
+    return FaissIndex(templates, cache, kind="hnsw", **_width(search_width))
 
 
 def _load_cached(path: Path, key: str) -> Any:
@@ -270,10 +274,17 @@ def _save_cached(path: Path, key: str, index: Any) -> None:
         np.savez(handle, key=np.asarray(key), index=faiss.serialize_index(index))
 
 
-def build_index(name: str, templates: np.ndarray, cache: Path | None = None) -> Index:
+def build_index(name: str, templates: np.ndarray, cache: Path | None = None, search_width: int | None = None) -> Index:
     """The index registered as ``name`` over ``templates``; ``cache`` is where an index that is slow to build
-    may keep itself between runs (exact search needs none)."""
-    return INDEXES.build(name, templates=templates, cache=cache)
+    may keep itself between runs (exact search needs none); ``search_width`` (FAISS only) is the IVF ``nprobe`` or
+    the HNSW ``efSearch``: wider finds more true neighbours and takes longer."""
+    if search_width is None:
+        return INDEXES.build(name, templates=templates, cache=cache)
+    if not name.startswith("faiss"):
+        raise UsageError(f"--search-width applies to the FAISS indexes, not --index {name}")
+    if search_width < 1:
+        raise UsageError(f"--search-width must be at least 1, got {search_width}")
+    return INDEXES.build(name, templates=templates, cache=cache, search_width=search_width)
 
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:

@@ -246,6 +246,7 @@ def search_gallery(
     k: int = 5,
     index: str = "exact",
     index_cache: Path | None = None,
+    search_width: int | None = None,
 ) -> SearchResult:
     """Top-``k`` identities per probe; the decision is the best identity when it scores ``>= threshold``.
 
@@ -254,7 +255,7 @@ def search_gallery(
     """
     if k < 1:
         raise UsageError("--top-k must be at least 1")
-    searcher = build_index(index, gallery.templates, index_cache)
+    searcher = build_index(index, gallery.templates, index_cache, search_width)
     scores, idx = searcher.search(probes.embeddings, k)
     recall = recall_1 = per_template = None
     if index != "exact":
