@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--faiss-only", action="store_true", help="skip the exact-search tables (implies --faiss)")
     parser.add_argument("--faiss-n", type=int, default=200_000, help="gallery size for the FAISS comparison")
     parser.add_argument("--faiss-kinds", default="faiss,faiss-ivfpq,faiss-hnsw", help="comma-separated --index names")
+    parser.add_argument("--widths", default="", help="comma-separated nprobe/efSearch values instead of the defaults")
     parser.add_argument("--recall-probes", type=int, default=1000, help="mate probes for the FAISS recall figures")
     parser.add_argument("--faiss-cache", default="", help="folder to keep built FAISS indexes in between runs")
     args = parser.parse_args()
@@ -173,7 +174,8 @@ def faiss_section(templates: np.ndarray, rng: np.random.Generator, args: argpars
         graph = index.structure.startswith("hnsw")
         flat = index.structure == "flat"
         growth = math.log(TARGET_N) / math.log(n) if graph else TARGET_N / n
-        for value in SWEEP[name] if not flat else (None,):
+        widths = tuple(int(v) for v in args.widths.split(",")) if args.widths else SWEEP[name]
+        for value in widths if not flat else (None,):
             set_search_width(index, value)
             single = timed(lambda index=index: index.search(probes[:1], args.k), args.repeat)
             per_batch = timed(lambda index=index: index.search(batch, args.k), max(1, args.repeat // 2)) / args.batch
