@@ -72,11 +72,11 @@ def infer_architecture(state: dict[str, torch.Tensor]) -> tuple[str, int]:
         raise CorruptFileError(f"an IResNet state dict with {tuple(blocks)} blocks per stage matches no known depth")
     if "pos_embed" in state and "feature.2.weight" in state:  # arcface_torch's ViT
         width = int(state["pos_embed"].shape[-1])
-        depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+        count = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
         for name, (w, d, _heads) in VIT_SIZES.items():
-            if (w, d) == (width, depth):
+            if (w, d) == (width, count):
                 return name, int(state["feature.2.weight"].shape[0])
-        raise CorruptFileError(f"a ViT state dict of width {width} and {depth} blocks matches no known size")
+        raise CorruptFileError(f"a ViT state dict of width {width} and {count} blocks matches no known size")
     raise CorruptFileError("not a backbone state dict facecli knows (expected IResNet, MobileFaceNet or ViT keys)")
 
 
