@@ -269,7 +269,8 @@ def search(
     gallery: GalleryOpt,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Matches listed per probe.")] = 5,
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Cosine accept threshold (default: the calibrated one).")] = None,
-    index: Annotated[str, typer.Option("--index", help="exact, or faiss (needs faiss-cpu; cached beside the gallery; recall@k vs exact is reported).")] = "exact",
+    index: Annotated[str, typer.Option("--index", help="exact; faiss (IVF-Flat above 100k), faiss-ivfpq (PQ codes) or faiss-hnsw (graph): need faiss-cpu, cached beside the gallery, recall vs exact and memory reported.")] = "exact",
+    search_width: Annotated[Optional[int], typer.Option("--search-width", help="FAISS: IVF cells scanned (nprobe, default 64) or HNSW beam (efSearch, default 128); wider = higher recall, slower.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the results to a .csv or .json file.")] = None,
     model: ModelOpt = None,
     mean: MeanOpt = None,
@@ -294,9 +295,12 @@ def search(
     loaded = _model(ui, g, model, mean, std, bgr, device, batch_size)
     embedded = _probes(ui, g, probes, loaded, align, select, batch_size, "probe")
     cache = gallery.with_name(gallery.name + f".{index}.npz") if index != "exact" else None
-    result = search_gallery(g, embedded, accept, top_k, index, cache)
+    result = search_gallery(g, embedded, accept, top_k, index, cache, search_width)
     if result.recall_at_k is not None:
-        ui.info(f"{index} index: recall@{top_k} against exact search = {result.recall_at_k:.4f}")
+        memory = (f"; {result.index_bytes_per_template:.0f} bytes per template"
+                  if result.index_bytes_per_template is not None else "")
+        ui.info(f"{index} index: recall@1 {result.recall_at_1:.4f}, recall@{top_k} {result.recall_at_k:.4f} "
+                f"against exact search{memory}")
     if out is not None:
         _write_results(out, result.records)
     data = {
@@ -304,6 +308,8 @@ def search(
         "threshold": accept,
         "index": index,
         "recall_at_k": result.recall_at_k,
+        "recall_at_1": result.recall_at_1,
+        "index_bytes_per_template": result.index_bytes_per_template,
         "results": result.records,
     }
 

@@ -19,7 +19,7 @@ def train(
         help="DATA (a .rec, its folder, or a folder of aligned identity sub-folders), then key=value overrides "
              "such as optim.lr=0.05 head.m=0.4. With --resume: RUN instead of DATA.", show_default=False)] = None,
     out: Annotated[Optional[Path], Opt("--out", "-o", help="Run directory (checkpoints, metrics.csv, config.toml).")] = None,
-    backbone: Annotated[Optional[str], Opt(help="iresnet18/34/50/100/200, mobilefacenet, mobilefacenet-large.")] = None,
+    backbone: Annotated[Optional[str], Opt(help="iresnet18/34/50/100/200, mobilefacenet, mobilefacenet-large, vit_t, vit_s, vit_b.")] = None,
     head: Annotated[Optional[str], Opt(help="Margin head or embedding loss (see --list-heads).")] = None,
     batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="Images per process per micro-batch.")] = None,
     steps: Annotated[Optional[int], Opt(help="Optimiser steps (default 100).")] = None,
@@ -29,8 +29,11 @@ def train(
     config: Annotated[Optional[Path], Opt("--config", "-c", help="A .toml or .yaml config file.")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the run in --out (or RUN) exactly where it stopped.")] = False,
     partial_fc: Annotated[Optional[float], Opt("--partial-fc", help="Partial FC with this sample rate (0.1-1.0).")] = None,
-    fp16: Annotated[bool, Opt("--fp16", help="Mixed precision float16 with loss scaling (GPU).")] = False,
-    bf16: Annotated[bool, Opt("--bf16", help="Mixed precision bfloat16 (GPU or CPU).")] = False,
+    precision: Annotated[Optional[str], Opt("--precision", help="fp32, fp16 (AMP with loss scaling, GPU) or bf16 (AMP, GPU or CPU).")] = None,
+    fp16: Annotated[bool, Opt("--fp16", help="Same as --precision fp16.")] = False,
+    bf16: Annotated[bool, Opt("--bf16", help="Same as --precision bf16.")] = False,
+    channels_last: Annotated[bool, Opt("--channels-last", help="NHWC memory format (faster convolutions under AMP on GPUs).")] = False,
+    grad_checkpoint: Annotated[bool, Opt("--grad-checkpoint", help="Recompute block activations in backward (iresnet, vit): less memory.")] = False,
     optimizer: Annotated[Optional[str], Opt(help="sgd (momentum 0.9, wd 5e-4) or adamw.")] = None,
     schedule: Annotated[Optional[str], Opt(help="poly (arcface_torch), cosine, step, constant.")] = None,
     warmup_steps: Annotated[Optional[int], Opt("--warmup-steps", help="Linear LR warm-up steps.")] = None,
@@ -71,17 +74,23 @@ def train(
         raise UsageError(f"unexpected argument {positional[1]!r}: give one DATA, then key=value overrides")
     if steps is not None and epochs is not None:
         raise UsageError("give --steps or --epochs, not both")
-    if fp16 and bf16:
-        raise UsageError("give --fp16 or --bf16, not both")
+    if fp16 + bf16 + (precision is not None) > 1:
+        raise UsageError("give one of --precision, --fp16, --bf16")
+    from facecli.train.acceleration import PRECISIONS
+
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    amp = PRECISIONS[precision] if precision else "fp16" if fp16 else "bf16" if bf16 else None
     options: dict[str, Any] = {
         "model.backbone": backbone, "head.name": head, "batch_size": batch_size, "steps": steps,
         "epochs": epochs, "optim.lr": lr, "seed": seed, "head.partial_fc": partial_fc,
-        "amp": "fp16" if fp16 else "bf16" if bf16 else None, "optim.name": optimizer, "schedule.name": schedule,
+        "amp": amp, "optim.name": optimizer, "schedule.name": schedule,
         "schedule.warmup_steps": warmup_steps, "model.embedding_size": embedding_size, "data.workers": workers,
         "data.val": [str(v) for v in val] if val else None, "data.val_every": val_every,
         "model.init": str(init) if init else None, "model.freeze_backbone_steps": freeze_backbone_steps,
         "model.backbone_lr_scale": backbone_lr_scale, "model.neck": neck, "optim.accumulate": accumulate,
         "optim.clip_grad_norm": clip_grad, "compile": True if compile_ else None,
+        "channels_last": True if channels_last else None, "grad_checkpoint": True if grad_checkpoint else None,
         "nonfinite": "skip" if skip_bad_batches else None, "checkpoint_every": checkpoint_every,
         "log_every": log_every, "device": device, "tensorboard": True if tensorboard else None,
     }

@@ -13,7 +13,7 @@ import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
@@ -104,47 +104,156 @@ class ExactIndex:
         return out_scores, out_idx
 
 
-@INDEXES.register("faiss")
-class FaissIndex:
-    """FAISS inner-product index: flat (exact) up to ``ivf_above`` templates, IVF-Flat above.
+#: Galleries smaller than this get an exact flat FAISS index whatever the kind asked: approximation saves nothing
+#: there, and IVF-PQ/HNSW training needs thousands of vectors.
+FAISS_MIN_APPROXIMATE = 10_000
+#: Templates added to a FAISS index per call (each block is widened to float32 on its own, not the whole gallery).
+FAISS_ADD_BLOCK = 65536
+#: Probes re-ranked per block (the gathered candidate templates of a block are P x R x D floats).
+RERANK_BLOCK = 256
 
-    IVF-Flat clusters the templates into ~4·sqrt(N) k-means cells and scans the ``nprobe`` cells nearest to each
-    probe: it builds in seconds to minutes (HNSW needs far longer at a million templates) and its recall is
-    reported against exact search. With ``cache`` (a file path) the trained index is saved there together with a
-    hash of the templates and reused while the gallery is unchanged.
+
+class FaissIndex:
+    """FAISS over the gallery's unit templates: ``kind`` says which structure.
+
+    * ``auto`` (``--index faiss``): flat inner product (exact) up to ``ivf_above`` templates, IVF-Flat above it:
+      ~4·sqrt(N) k-means cells, the ``nprobe`` nearest scanned per probe; 4·D bytes per template.
+    * ``ivfpq`` (``--index faiss-ivfpq``): the same cells holding product-quantised codes (D/8 sub-quantisers of
+      8 bits: 64 bytes at 512-d, plus an 8-byte id), for galleries whose float32 templates do not fit in memory
+      twice. The ``rerank`` best candidates by code are re-scored exactly against the gallery's own templates,
+      which facecli holds anyway, so the scores are exact and recall@1 is that of the cells, not of the codes.
+    * ``hnsw`` (``--index faiss-hnsw``): a navigable small-world graph (32 links per node, ``ef_search`` 128)
+      over 8-bit scalar-quantised vectors (D bytes + ~256 bytes of links), re-ranked exactly the same way.
+      Fastest per probe, slowest to build (hours at 10M on two cores).
+
+    Galleries below :data:`FAISS_MIN_APPROXIMATE` templates use the exact flat index. With ``cache`` (a file path)
+    the built index is saved together with a hash of the templates and its settings, and reused while they match.
     """
 
-    def __init__(
-        self, templates: np.ndarray, cache: Path | None = None, ivf_above: int = 100_000, nprobe: int = 64
-    ) -> None:
+    KINDS = ("auto", "ivfpq", "hnsw")
+
+    def __init__(self, templates: np.ndarray, cache: Path | None = None, kind: str = "auto",
+                 ivf_above: int = 100_000, nprobe: int = 64, ef_search: int = 128, rerank: int = 64) -> None:
         try:
             import faiss
         except ImportError:
             raise UsageError("--index faiss needs the faiss-cpu package: pip install 'facecli[faiss]'") from None
-        data = np.ascontiguousarray(templates, dtype=np.float32)
-        key = hashlib.sha256(data.tobytes()).hexdigest() + f"|{ivf_above}"
-        self.index = _load_cached(cache, key) if cache is not None else None
-        if self.index is None:
-            if len(data) > ivf_above:
-                cells = int(4 * np.sqrt(len(data)))
-                self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(data.shape[1]), data.shape[1], cells,
-                                                faiss.METRIC_INNER_PRODUCT)
-                sample = np.random.default_rng(0).choice(len(data), min(len(data), 40 * cells), replace=False)
-                self.index.train(data[np.sort(sample)])
-            else:
-                self.index = faiss.IndexFlatIP(data.shape[1])
-            self.index.add(data)
-            if cache is not None:
-                _save_cached(cache, key, self.index)
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = nprobe
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown FAISS index kind {kind!r}; choose one of {', '.join(self.KINDS)}")
+        self.templates = np.ascontiguousarray(templates)
+        key = hashlib.sha256(self.templates.tobytes()).hexdigest() + f"|{self.templates.dtype}|{kind}|{ivf_above}"
+        cached = _load_cached(cache, key) if cache is not None else None
+        self.index: Any = cached if cached is not None else _build_faiss(faiss, self.templates, kind, ivf_above)
+        if cache is not None and cached is None:
+            _save_cached(cache, key, self.index)
+        structure = faiss.downcast_index(self.index)
+        self.structure = _structure(faiss, structure)
+        if hasattr(structure, "nprobe"):
+            structure.nprobe = nprobe
+        if isinstance(structure, faiss.IndexHNSW):
+            structure.hnsw.efSearch = ef_search
+        self.rerank = rerank if self.structure in ("ivf-pq", "hnsw-sq8") else 0
 
     def search(self, probes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, idx = self.index.search(np.ascontiguousarray(probes, dtype=np.float32), k)
-        return scores.astype(np.float32), idx.astype(np.int64)
+        queries = np.ascontiguousarray(probes, dtype=np.float32)
+        if not self.rerank:
+            scores, idx = self.index.search(queries, k)
+            return scores.astype(np.float32), idx.astype(np.int64)
+        _, candidates = self.index.search(queries, max(k, self.rerank))
+        out_scores = np.empty((len(queries), k), np.float32)
+        out_idx = np.empty((len(queries), k), np.int64)
+        for start in range(0, len(queries), RERANK_BLOCK):
+            block = slice(start, start + RERANK_BLOCK)
+            cand = candidates[block].astype(np.int64)
+            rows = self.templates[np.maximum(cand, 0)].astype(np.float32, copy=False)
+            exact = np.einsum("prd,pd->pr", rows, queries[block])
+            exact[cand < 0] = -np.inf  # fewer candidates than asked (tiny cells): padded with -1
+            best, order = top_k(exact, k)
+            out_scores[block] = best
+            out_idx[block] = np.where(np.isfinite(best), np.take_along_axis(cand, order, axis=1), -1)
+        return out_scores, out_idx
+
+    def bytes_per_template(self) -> float:
+        """Memory of the index itself per template (codes, ids, links, cell centroids); the gallery's templates,
+        used for re-ranking, are counted by the gallery, not here."""
+        import faiss
+
+        index = faiss.downcast_index(self.index)
+        n = max(1, index.ntotal)
+        if self.structure in ("ivf-flat", "ivf-pq"):
+            ivf = faiss.extract_index_ivf(index)
+            return (ivf.code_size + 8) + ivf.nlist * ivf.d * 4 / n
+        if self.structure == "hnsw-sq8":
+            links = index.hnsw.neighbors.size() * 4 + index.hnsw.offsets.size() * 8 + index.hnsw.levels.size() * 4
+            return index.storage.sa_code_size() + links / n
+        return float(index.d * 4)
 
 
-def _load_cached(path: Path, key: str):
+def _structure(faiss: Any, index: Any) -> str:
+    if isinstance(index, faiss.IndexHNSW):
+        return "hnsw-sq8"
+    if isinstance(index, faiss.IndexIVFPQ):
+        return "ivf-pq"
+    if isinstance(index, faiss.IndexIVF):
+        return "ivf-flat"
+    return "flat"
+
+
+def pq_subquantizers(dim: int) -> int:
+    """Sub-quantisers of the PQ codes: the smallest divisor of ``dim`` with at most 8 dimensions each."""
+    return next(m for m in range(max(1, dim // 8), dim + 1) if dim % m == 0)
+
+
+def _build_faiss(faiss: Any, templates: np.ndarray, kind: str, ivf_above: int) -> Any:
+    """A trained and filled FAISS index over ``templates`` (added block by block as float32)."""
+    n, dim = templates.shape
+    rng = np.random.default_rng(0)
+    cells = max(1, int(4 * np.sqrt(n)))
+
+    def sample(count: int) -> np.ndarray:
+        rows = np.sort(rng.choice(n, min(n, count), replace=False))
+        return np.ascontiguousarray(templates[rows], dtype=np.float32)
+
+    if (kind == "auto" and n <= ivf_above) or (kind != "auto" and n < FAISS_MIN_APPROXIMATE):
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "auto":
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, cells, faiss.METRIC_INNER_PRODUCT)
+        index.train(sample(40 * cells))
+    elif kind == "ivfpq":
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, cells, pq_subquantizers(dim), 8,
+                                 faiss.METRIC_INNER_PRODUCT)
+        index.train(sample(max(40 * cells, 256 * 40)))  # k-means of the cells and of each sub-quantiser
+    else:
+        index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, 32, faiss.METRIC_INNER_PRODUCT)
+        index.train(sample(100_000))  # the per-dimension ranges of the 8-bit codes
+    for start in range(0, n, FAISS_ADD_BLOCK):
+        index.add(np.ascontiguousarray(templates[start : start + FAISS_ADD_BLOCK], dtype=np.float32))
+    return index
+
+
+def _width(search_width: int | None) -> dict[str, int]:
+    return {} if search_width is None else {"nprobe": search_width, "ef_search": search_width}
+
+
+@INDEXES.register("faiss")
+def faiss_auto(templates: np.ndarray, cache: Path | None = None, search_width: int | None = None) -> FaissIndex:
+    """FAISS flat (exact) up to 100k templates, IVF-Flat above."""
+    return FaissIndex(templates, cache, kind="auto", **_width(search_width))
+
+
+@INDEXES.register("faiss-ivfpq")
+def faiss_ivfpq(templates: np.ndarray, cache: Path | None = None, search_width: int | None = None) -> FaissIndex:
+    """FAISS IVF-PQ codes, candidates re-ranked exactly."""
+    return FaissIndex(templates, cache, kind="ivfpq", **_width(search_width))
+
+
+@INDEXES.register("faiss-hnsw")
+def faiss_hnsw(templates: np.ndarray, cache: Path | None = None, search_width: int | None = None) -> FaissIndex:
+    """FAISS HNSW over 8-bit codes, candidates re-ranked exactly."""
+    return FaissIndex(templates, cache, kind="hnsw", **_width(search_width))
+
+
+def _load_cached(path: Path, key: str) -> Any:
     """The FAISS index saved at ``path`` if it was built from the same templates, else None."""
     import faiss
 
@@ -158,7 +267,7 @@ def _load_cached(path: Path, key: str):
         return None  # rebuilt
 
 
-def _save_cached(path: Path, key: str, index) -> None:
+def _save_cached(path: Path, key: str, index: Any) -> None:
     import faiss
 
     from facecli.fileio import atomic_path
@@ -167,10 +276,17 @@ def _save_cached(path: Path, key: str, index) -> None:
         np.savez(handle, key=np.asarray(key), index=faiss.serialize_index(index))
 
 
-def build_index(name: str, templates: np.ndarray, cache: Path | None = None) -> Index:
+def build_index(name: str, templates: np.ndarray, cache: Path | None = None, search_width: int | None = None) -> Index:
     """The index registered as ``name`` over ``templates``; ``cache`` is where an index that is slow to build
-    may keep itself between runs (exact search needs none)."""
-    return INDEXES.build(name, templates=templates, cache=cache)
+    may keep itself between runs (exact search needs none); ``search_width`` (FAISS only) is the IVF ``nprobe`` or
+    the HNSW ``efSearch``: wider finds more true neighbours and takes longer."""
+    if search_width is None:
+        return INDEXES.build(name, templates=templates, cache=cache)
+    if not name.startswith("faiss"):
+        raise UsageError(f"--search-width applies to the FAISS indexes, not --index {name}")
+    if search_width < 1:
+        raise UsageError(f"--search-width must be at least 1, got {search_width}")
+    return INDEXES.build(name, templates=templates, cache=cache, search_width=search_width)
 
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:

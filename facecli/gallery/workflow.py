@@ -237,6 +237,9 @@ class SearchResult:
     threshold: float
     index: str
     recall_at_k: float | None = None
+    recall_at_1: float | None = None
+    #: Memory of the approximate index per template (bytes), for sizing a gallery of millions.
+    index_bytes_per_template: float | None = None
 
 
 def search_gallery(
@@ -246,19 +249,24 @@ def search_gallery(
     k: int = 5,
     index: str = "exact",
     index_cache: Path | None = None,
+    search_width: int | None = None,
 ) -> SearchResult:
     """Top-``k`` identities per probe; the decision is the best identity when it scores ``>= threshold``.
 
-    A non-exact ``index`` is checked against exact search on the same probes (``recall_at_k``).
+    A non-exact ``index`` is checked against exact search on the same probes (``recall_at_k``, ``recall_at_1``)
+    and reports its memory per template.
     """
     if k < 1:
         raise UsageError("--top-k must be at least 1")
-    searcher = build_index(index, gallery.templates, index_cache)
+    searcher = build_index(index, gallery.templates, index_cache, search_width)
     scores, idx = searcher.search(probes.embeddings, k)
-    recall = None
+    recall = recall_1 = per_template = None
     if index != "exact":
         _, exact_idx = ExactIndex(gallery.templates).search(probes.embeddings, k)
         recall = recall_at_k(idx, exact_idx)
+        recall_1 = recall_at_k(idx[:, :1], exact_idx[:, :1])
+        measure = getattr(searcher, "bytes_per_template", None)
+        per_template = float(measure()) if callable(measure) else None
     records: list[dict[str, Any]] = []
     for path, row_scores, row_idx in zip(probes.paths, scores, idx):
         top = [{"identity": str(gallery.identities[j]), "score": float(s)} for s, j in zip(row_scores, row_idx) if j >= 0]
@@ -268,7 +276,7 @@ def search_gallery(
     for failure in probes.failures:
         records.append({"probe": failure["path"], "status": failure["status"], "reason": failure["reason"],
                         "decision": None, "score": None, "top_k": []})
-    return SearchResult(records, threshold, index, recall)
+    return SearchResult(records, threshold, index, recall, recall_1, per_template)
 
 
 def evaluate_gallery(

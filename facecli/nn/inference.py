@@ -19,6 +19,7 @@ from facecli.archives import check_stored_zip
 from facecli.errors import CorruptFileError, UsageError
 from facecli.nn.backbones import BACKBONES, NECKS
 from facecli.nn.backbones.iresnet import DEPTHS
+from facecli.nn.backbones.vit import VIT_SIZES
 
 #: What every facecli model was trained on (DESIGN.md): RGB, ``(x/255 - 0.5)/0.5`` = ``(x - 127.5)/127.5``.
 DEFAULT_PREPROCESSING: dict[str, Any] = {"color": "RGB", "mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5),
@@ -70,7 +71,14 @@ def infer_architecture(state: dict[str, torch.Tensor]) -> tuple[str, int]:
             if tuple(blocks) == depth:
                 return name, int(state["fc.weight"].shape[0])
         raise CorruptFileError(f"an IResNet state dict with {tuple(blocks)} blocks per stage matches no known depth")
-    raise CorruptFileError("not a backbone state dict facecli knows (expected IResNet or MobileFaceNet keys)")
+    if "pos_embed" in state and "feature.2.weight" in state:  # arcface_torch's ViT
+        width = int(state["pos_embed"].shape[-1])
+        count = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+        for name, (w, d, _heads) in VIT_SIZES.items():
+            if (w, d) == (width, count):
+                return name, int(state["feature.2.weight"].shape[0])
+        raise CorruptFileError(f"a ViT state dict of width {width} and {count} blocks matches no known size")
+    raise CorruptFileError("not a backbone state dict facecli knows (expected IResNet, MobileFaceNet or ViT keys)")
 
 
 def strip_prefix(state: dict[str, Any]) -> dict[str, Any]:

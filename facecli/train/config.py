@@ -91,6 +91,8 @@ class TrainConfig:
     amp: str = "none"
     device: str = "auto"
     compile: bool = False
+    channels_last: bool = False
+    grad_checkpoint: bool = False
     nonfinite: str = "stop"
     log_every: int = 10
     checkpoint_every: int = 500

@@ -26,7 +26,7 @@ from facecli.fileio import atomic_write_text
 from facecli.nn import distributed
 from facecli.nn.heads import EmbeddingLoss
 from facecli.nn.partial_fc import PartialFC
-from facecli.train import checkpoint
+from facecli.train import acceleration, checkpoint
 from facecli.train.callbacks import Callback, MetricsFile, TensorBoard, Verification
 from facecli.train.config import TrainConfig, build_config, check_resume_changes, read_config_file, to_toml
 from facecli.train.model import FaceModel, build_model
@@ -119,10 +119,7 @@ class Trainer:
         return self.model.backbone
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.amp == "none":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return acceleration.autocast(self.cfg.amp, self.device)
 
     # -- setup --------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -131,8 +128,8 @@ class Trainer:
         self.world_size, self.rank = distributed.world_size(), distributed.rank()
         self.is_main = self.rank == 0
         self.device = pick_device(cfg.device)
-        if cfg.amp == "fp16" and self.device.type == "cpu":
-            raise UsageError("--fp16 needs a GPU; on CPU use --bf16 (amp=bf16) or no AMP")
+        acceleration.check_precision(cfg.amp, self.device)
+        acceleration.tune_device(self.device)
         self.dataset: FaceDataset = open_dataset(cfg.data.path)
         identities = len(set(self.dataset.labels.tolist()))
         if identities < 2:  # softmax over one class: loss 0 from the first step, nothing is learned
@@ -157,9 +154,8 @@ class Trainer:
         self.aux_optimizer = None
         if self.model.aux is not None and any(True for _ in self.model.aux.parameters()):
             self.aux_optimizer = torch.optim.SGD(self.model.aux.parameters(), lr=cfg.head.aux_lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-        if cfg.compile:
-            self.model.backbone.compile()
+        self.scaler = acceleration.grad_scaler(cfg.amp, self.device)
+        acceleration.prepare_backbone(self.model.backbone, cfg)
         self.ddp_model: nn.Module = self.model
         if self.world_size > 1:
             if isinstance(self.model.classifier, PartialFC):  # sharded: each rank owns its centres
@@ -354,7 +350,7 @@ class Trainer:
         losses, extremes = [], []
         for micro in range(accumulate):
             images, labels = next(batches)
-            images = images.to(self.device, non_blocking=True)
+            images = acceleration.input_batch(images, self.device, cfg.channels_last)
             labels = labels.to(self.device, non_blocking=True)
             sync = micro == accumulate - 1 or self.world_size == 1
             ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from facecli.nn.backbones import BACKBONES
+from facecli.nn.backbones.checkpointing import Checkpointable, run_block
 from facecli.nn.backbones.precision import full_precision
 
 #: Blocks per stage, as in arcface_torch.
@@ -49,8 +50,12 @@ class IBasicBlock(nn.Module):
         return out + identity
 
 
-class IResNet(nn.Module):
-    """IResNet for 112x112 inputs; ``forward`` returns raw ``(B, embedding_size)`` embeddings."""
+class IResNet(nn.Module, Checkpointable):
+    """IResNet for 112x112 inputs; ``forward`` returns raw ``(B, embedding_size)`` embeddings.
+
+    With ``grad_checkpoint`` each residual block is checkpointed in training (as arcface_torch's
+    ``using_checkpoint``): activation memory of one block per stage instead of all, for a second forward pass.
+    """
 
     fc_scale = 7 * 7
 
@@ -89,7 +94,9 @@ class IResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                x = run_block(block, x, self.grad_checkpoint)
         x = self.dropout(torch.flatten(self.bn2(x), 1))
         x, fp32 = full_precision(x)
         with fp32:
