@@ -1,6 +1,7 @@
 """Torch datasets of face crops: insightface record files (``.rec``/``.idx``) and folders with one identity each.
 
-Items are requested as ``(index, flip)`` pairs: the batch sampler of the trainer decides the random horizontal
+Items are requested as ``(index, flip)`` pairs, or ``(index, flip, seed)`` when the dataset has an ``augment``
+(``facecli.data.augment.Augmenter``, applied in the DataLoader workers with that seed): the batch sampler of the trainer decides the random horizontal
 flip together with the order, from the seed and the position in the epoch alone. That makes an epoch's data the
 same with 0 or 8 DataLoader workers, and ``--resume`` exact, without worker RNG state to save.
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -42,6 +43,8 @@ class FaceDataset(Dataset):
     labels: np.ndarray
     num_classes: int
     source: str
+    #: ``augment(rgb, seed) -> rgb``, set by the trainer for ``--augment``; None: no augmentation.
+    augment: Callable[[np.ndarray, int], np.ndarray] | None = None
 
     def load_rgb(self, index: int) -> np.ndarray:
         raise NotImplementedError
@@ -49,9 +52,14 @@ class FaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, int]:
-        index, flip = item if isinstance(item, tuple) else (item, False)
-        return to_input(self.load_rgb(int(index)), bool(flip)), int(self.labels[index])
+    def __getitem__(self, item: int | tuple[int, bool] | tuple[int, bool, int]) -> tuple[torch.Tensor, int]:
+        index, flip, *seed = item if isinstance(item, tuple) else (item, False)
+        rgb = self.load_rgb(int(index))
+        if self.augment is not None and seed:
+            if (rgb.shape[1], rgb.shape[0]) != INPUT_SIZE:
+                rgb = cv2.resize(rgb, INPUT_SIZE, interpolation=cv2.INTER_AREA)
+            rgb = self.augment(rgb, int(seed[0]))
+        return to_input(rgb, bool(flip)), int(self.labels[index])
 
 
 class ImageFolderDataset(FaceDataset):

@@ -119,7 +119,11 @@ class Verification(Callback):
         return [Path(b).stem for b in bins]
 
     def on_train_start(self, trainer: "Trainer") -> None:
+        """At step 0, the accuracy before training: what a fine-tuned model has to beat."""
         self.best = float(trainer.resumed.get("best_accuracy", -1.0))
+        if trainer.step == 0 and trainer.is_main:
+            for name, (images, issame) in self.sets.items():
+                trainer.initial_accuracy[name] = self.evaluate(trainer, images, issame)
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         final = trainer.step >= trainer.total_steps
@@ -158,6 +162,6 @@ class Verification(Callback):
         backbone.train(was_training)
         result = verify(torch.cat(plain).numpy(), np.asarray(issame, dtype=bool),
                         embeddings_flip=torch.cat(flipped).numpy(), nfolds=10)
-        trainer.detail(f"verification on {len(issame)} pairs: {result.accuracy:.4f} "
+        trainer.detail(f"step {trainer.step}: verification on {len(issame)} pairs: {result.accuracy:.4f} "
                        f"({time.perf_counter() - started:.1f}s)")
         return float(result.accuracy)

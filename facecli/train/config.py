@@ -40,8 +40,17 @@ class ModelConfig:
     neck: str = ""
     neck_options: dict[str, Any] = field(default_factory=dict)
     init: str = ""
+    #: ``--init MODEL.onnx``: the network's own input normalisation (0–255 units, R, G, B) and colour order;
+    #: empty = from the file (facecli metadata, else insightface's rule), as ``facecli eval`` decides.
+    init_mean: list[float] = field(default_factory=list)
+    init_std: list[float] = field(default_factory=list)
+    init_color: str = ""
     freeze_backbone_steps: int = 0
     backbone_lr_scale: float = 1.0
+    #: Fraction of the backbone's parameters, counted from the embedding end, that train (1 = all).
+    unfreeze: float = 1.0
+    #: "train": BatchNorm layers use and update batch statistics; "frozen": they keep their running statistics.
+    batchnorm: str = "train"
 
 
 @dataclass
@@ -81,6 +90,23 @@ class ScheduleConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """``--augment lowres,crop,photometric,grayscale`` and each one's probability and options (facecli.data.augment)."""
+
+    names: list[str] = field(default_factory=list)
+    lowres_p: float = 0.5
+    lowres_min: int = 12
+    lowres_max: int = 32
+    crop_p: float = 0.5
+    crop_scale: float = 0.8
+    photometric_p: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    grayscale_p: float = 0.2
+
+
+@dataclass
 class TrainConfig:
     out: str = ""
     batch_size: int = 32
@@ -100,6 +126,7 @@ class TrainConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,6 +137,8 @@ CHOICES = {
     "nonfinite": ("stop", "skip"),
     "optim.name": ("sgd", "adamw"),
     "schedule.name": ("poly", "cosine", "step", "constant"),
+    "model.batchnorm": ("train", "frozen"),
+    "model.init_color": ("", "RGB", "BGR"),
 }
 
 
@@ -223,9 +252,11 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
 def build_config(*layers: dict[str, Any]) -> TrainConfig:
     """Merge flat or nested layers (later wins) onto the defaults, validate, and return the config."""
     cfg = TrainConfig()
+    given: set[str] = set()
     sections = {name for name, typ in _field_types(TrainConfig).items() if dataclasses.is_dataclass(typ)}
     for layer in layers:
         for key, value in flatten(layer).items():
+            given.add(key)
             section, _, leaf = key.partition(".")
             if section in sections and leaf:
                 target = getattr(cfg, section)
@@ -243,6 +274,10 @@ def build_config(*layers: dict[str, Any]) -> TrainConfig:
                 setattr(cfg, key, _coerce(key, value, _field_types(TrainConfig)[key]))
             else:
                 raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+    if cfg.model.init:
+        from facecli.train.finetune import apply_finetune_defaults
+
+        apply_finetune_defaults(cfg, given)
     validate(cfg)
     return cfg
 
@@ -265,6 +300,16 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError("set steps or epochs to a positive number")
     if cfg.optim.lr <= 0:
         raise UsageError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if not 0.0 < cfg.model.unfreeze <= 1.0:
+        raise UsageError(f"model.unfreeze must be a fraction in (0, 1], got {cfg.model.unfreeze}")
+    for key in ("init_mean", "init_std"):
+        if len(getattr(cfg.model, key)) not in (0, 3):
+            raise UsageError(f"model.{key} needs 3 values (R, G, B), got {getattr(cfg.model, key)}")
+    if any(v == 0 for v in cfg.model.init_std):
+        raise UsageError("model.init_std (--std) must not be zero")
+    from facecli.data.augment import check_augment
+
+    check_augment(cfg.augment)
 
 
 def _toml_value(value: Any) -> str:

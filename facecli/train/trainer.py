@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from facecli.data.augment import Augmenter
 from facecli.data.datasets import FaceDataset, collate, open_dataset
 from facecli.errors import FacecliError, UsageError
 from facecli.fileio import atomic_write_text
@@ -29,6 +30,7 @@ from facecli.nn.partial_fc import PartialFC
 from facecli.train import checkpoint
 from facecli.train.callbacks import Callback, MetricsFile, TensorBoard, Verification
 from facecli.train.config import TrainConfig, read_config_file, build_config, to_toml
+from facecli.train.finetune import freeze_batchnorm, unfreeze_last
 from facecli.train.model import FaceModel, build_model
 from facecli.train.sampling import EpochPlan, ResumableBatchSampler
 from facecli.train.schedule import lr_factor
@@ -86,6 +88,8 @@ class Trainer:
         self.best_accuracy = -1.0
         self.resumed: dict[str, Any] = {}
         self.skipped_batches = 0
+        #: Validation accuracy per ``--val`` set before the first step (filled by the Verification callback).
+        self.initial_accuracy: dict[str, float] = {}
 
     # -- small services for callbacks -------------------------------------------------------------------------
     def warn(self, message: str) -> None:
@@ -117,13 +121,19 @@ class Trainer:
             raise UsageError("--fp16 needs a GPU; on CPU use --bf16 (amp=bf16) or no AMP")
         self.dataset: FaceDataset = open_dataset(cfg.data.path)
         torch.manual_seed(cfg.seed)
+        if cfg.augment.names:
+            self.dataset.augment = Augmenter(cfg.augment)
         model, self.info = build_model(cfg, self.dataset.num_classes)
+        trainable, total = unfreeze_last(model.backbone, cfg.model.unfreeze)
+        if trainable < total:
+            self.detail(f"training the last {trainable:,} of the backbone's {total:,} parameters "
+                        f"(model.unfreeze={cfg.model.unfreeze:g})")
         self.model: FaceModel = model.to(self.device)
         self.pk = int(getattr(self.model.head, "samples_per_identity", 0)) if isinstance(
             self.model.head, EmbeddingLoss) else 0
         try:
             self.plan = EpochPlan(self.dataset.labels, cfg.batch_size, self.world_size, self.rank, cfg.seed,
-                                  cfg.data.flip, pk=self.pk)
+                                  cfg.data.flip, pk=self.pk, augment=bool(cfg.augment.names))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         micro_per_epoch = self.plan.batches_per_epoch
@@ -305,6 +315,7 @@ class Trainer:
             "elapsed_s": elapsed, "world_size": self.world_size, "num_classes": self.dataset.num_classes,
             "num_images": len(self.dataset), "skipped_batches": self.skipped_batches,
             "best_accuracy": self.best_accuracy if self.best_accuracy >= 0 else None,
+            "initial_accuracy": dict(self.initial_accuracy) or None,
             "model": str(self.run_dir / "model.pt"), "checkpoint": str(self.run_dir / checkpoint.CHECKPOINT),
         }
         for cb in self.callbacks:
@@ -319,6 +330,8 @@ class Trainer:
         self.model.train()
         if freeze:
             self.model.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics too
+        elif cfg.model.batchnorm == "frozen":
+            freeze_batchnorm(self.model.backbone)
         self.optimizer.zero_grad(set_to_none=True)
         if self.aux_optimizer is not None:
             self.aux_optimizer.zero_grad(set_to_none=True)
