@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--aligned", type=Path, help="facecli align output of the LFW sample (made if absent)")
     parser.add_argument("--work", type=Path, help="keep the work folder here (default: a temporary one)")
-    parser.add_argument("--extra", default="", help='extra facecli train arguments, one string: --extra="optim.lr=3e-4"')
+    parser.add_argument("--extra", default="", help='more facecli train arguments, one string: --extra="optim.lr=3e-4"')
     args = parser.parse_args()
     extra = shlex.split(args.extra)
     if not MODEL.is_file():
@@ -114,8 +114,8 @@ def main() -> None:
     shutil.rmtree(work / "split", ignore_errors=True)
     train, heldout = split_people(aligned, work / "split")
     pairs, issame = make_pairs(heldout, args.seed)
-    print(f"train: {len(list(train.iterdir()))} people, {len(list(train.glob('*/*.jpg')))} photos; held out: {len(heldout)} people, "
-          f"{len(pairs)} pairs ({int(issame.sum())} genuine)", flush=True)
+    print(f"train: {len(list(train.iterdir()))} people, {len(list(train.glob('*/*.jpg')))} photos; "
+          f"held out: {len(heldout)} people, {len(pairs)} pairs ({int(issame.sum())} genuine)", flush=True)
     shutil.rmtree(work / "pack", ignore_errors=True)
     shutil.rmtree(work / "run", ignore_errors=True)
     facecli("pack", str(train), str(work / "pack"))
@@ -132,7 +132,8 @@ def main() -> None:
     print(f"{'resolution':>10} {'before':>15} {'after':>15} {'change':>8}")
     for side in RESOLUTIONS:
         (b, bs), (a, as_) = results["before"][str(side)], results["after"][str(side)]
-        print(f"{side:>8}px {100 * b:>8.2f} ±{100 * bs:4.2f} {100 * a:>8.2f} ±{100 * as_:4.2f} {100 * (a - b):+8.2f}")
+        print(f"{side:>8}px {100 * b:>8.2f} ±{100 * bs:4.2f} {100 * a:>8.2f} ±{100 * as_:4.2f} "
+              f"{100 * (a - b):+8.2f}")
     print(json.dumps({"steps": args.steps, "seed": args.seed, "extra": extra, "train_s": train_s, **results}))
 
 

@@ -1,9 +1,10 @@
 """Torch datasets of face crops: insightface record files (``.rec``/``.idx``) and folders with one identity each.
 
-Items are requested as ``(index, flip)`` pairs, or ``(index, flip, seed)`` when the dataset has an ``augment``
-(``facecli.data.augment.Augmenter``, applied in the DataLoader workers with that seed): the batch sampler of the trainer decides the random horizontal
-flip together with the order, from the seed and the position in the epoch alone. That makes an epoch's data the
-same with 0 or 8 DataLoader workers, and ``--resume`` exact, without worker RNG state to save.
+Items are requested as ``(index, flip)`` pairs, or ``(index, flip, seed)`` when the dataset has an
+``augment`` (``facecli.data.augment.Augmenter``, applied in the DataLoader workers with that seed): the batch
+sampler of the trainer decides the random horizontal flip and augmentation seed together with the order, from the
+seed and the position in the epoch alone. That makes an epoch's data the same with 0 or 8 DataLoader workers, and
+``--resume`` exact, without worker RNG state to save.
 
 An item is ``(image, label)``: a float32 ``(3, H, W)`` RGB tensor normalised as ``(x/255 - 0.5)/0.5`` and the
 int64 class index. Each DataLoader worker opens its own record-file handle (the reader re-opens lazily per pid).
@@ -12,8 +13,8 @@ int64 class index. Each DataLoader worker opens its own record-file handle (the 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np

@@ -21,8 +21,9 @@ The imported network is checked against onnxruntime on a batch of faces before a
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,12 +77,13 @@ def graph_spec(proto: Any, path: Path) -> tuple[dict[str, Any], dict[str, torch.
                  if i < len(node["inputs"]) and node["inputs"][i] in values
                  and values[node["inputs"][i]].dtype.kind == "f"}
     used = {name for node in nodes for name in node["inputs"]}
-    tensors, state = [], {}
+    tensors: list[dict[str, Any]] = []
+    state: dict[str, torch.Tensor] = {}
     for name, array in values.items():
         if name not in used:
             continue
-        array = np.ascontiguousarray(array.astype(np.float32) if array.dtype.kind == "f" else array.astype(np.int64))
-        state[f"t{len(tensors)}"] = torch.from_numpy(array.copy())
+        array = array.astype(np.float32 if array.dtype.kind == "f" else np.int64)  # a copy; keeps 0-d scalars
+        state[f"t{len(tensors)}"] = torch.from_numpy(array)
         tensors.append({"name": name, "shape": list(array.shape), "dtype": str(array.dtype),
                         "trainable": name in trainable})
     inputs = [i for i in graph.input if i.name not in values]
@@ -149,7 +151,7 @@ def import_onnx(path: str | os.PathLike, mean: Sequence[float] | None = None, st
 
 def compare_with_onnxruntime(backbone: ImportedBackbone, path: Path, batch: int = 3) -> float:
     """Largest |onnxruntime - imported| on a fixed random batch, fed to each in its own input convention."""
-    import onnxruntime
+    import onnxruntime  # type: ignore[import-untyped]
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

@@ -14,7 +14,7 @@ with K images each, a pure function of seed and epoch too); the flips are drawn 
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -56,13 +56,13 @@ class EpochPlan:
         flips_gen = self._generator(epoch + 7_919_000)
         seeds_gen = self._generator(epoch + 15_485_863)
         if self.pk_sampler is not None:
-            batches = self.pk_sampler.epoch_batches(epoch)[: self.batches_per_epoch]
-            return [self._with_flips(b, flips_gen, seeds_gen) for b in batches]
+            pk_batches = self.pk_sampler.epoch_batches(epoch)[: self.batches_per_epoch]
+            return [self._with_flips(b, flips_gen, seeds_gen) for b in pk_batches]
         order = torch.randperm(len(self.labels), generator=self._generator(epoch)).numpy()
         flips = self._flips(len(order), flips_gen)
         seeds = self._seeds(len(order), seeds_gen)
         per_global = self.batch_size * self.world_size
-        batches = []
+        batches: list[Batch] = []
         for b in range(self.batches_per_epoch):
             lo = b * per_global + self.rank * self.batch_size
             hi = lo + self.batch_size
@@ -71,8 +71,8 @@ class EpochPlan:
 
     def _items(self, indices: np.ndarray, flips: np.ndarray, seeds: np.ndarray | None) -> Batch:
         if seeds is None:
-            return [(int(i), bool(f)) for i, f in zip(indices, flips)]
-        return [(int(i), bool(f), int(s)) for i, f, s in zip(indices, flips, seeds)]
+            return [(int(i), bool(f)) for i, f in zip(indices, flips, strict=True)]
+        return [(int(i), bool(f), int(s)) for i, f, s in zip(indices, flips, seeds, strict=True)]
 
     def _seeds(self, n: int, gen: torch.Generator) -> np.ndarray | None:
         return torch.randint(0, 2**31 - 1, (n,), generator=gen).numpy() if self.augment else None

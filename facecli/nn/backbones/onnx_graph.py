@@ -15,7 +15,8 @@ backbone obeys the same contract as every other facecli backbone.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ def _pair_pads(pads: Sequence[int]) -> tuple[list[int], bool]:
     half = len(pads) // 2
     begin, end = list(pads[:half]), list(pads[half:])
     torch_order: list[int] = []
-    for b, e in zip(reversed(begin), reversed(end)):
+    for b, e in zip(reversed(begin), reversed(end), strict=True):
         torch_order += [b, e]
     return torch_order, begin == end
 
@@ -125,10 +126,13 @@ def _clip(g: OnnxGraph, node: Node, x: list[Any]) -> list[torch.Tensor]:
     return [torch.clamp(x[0], low, high)]
 
 
-@op("Add", "Sub", "Mul", "Div")
+_ARITHMETIC: dict[str, Callable[..., torch.Tensor]] = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul,
+                                                       "Div": torch.div}
+
+
+@op(*_ARITHMETIC)
 def _arith(g: OnnxGraph, node: Node, x: list[Any]) -> list[torch.Tensor]:
-    fn = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[node["op"]]
-    return [fn(x[0], x[1])]
+    return [_ARITHMETIC[node["op"]](x[0], x[1])]
 
 
 @op("Identity", "Dropout")
@@ -243,7 +247,7 @@ class OnnxGraph(nn.Module):
         for node in self.nodes:
             inputs = [self._value(name, values) for name in node["inputs"]]
             outputs = OPS[node["op"]](self, node, inputs)
-            values.update(zip(node["outputs"], outputs))
+            values.update(zip(node["outputs"], outputs, strict=False))  # optional outputs (e.g. a mask) unused
         return values[self.output_name]
 
     def _value(self, name: str, values: dict[str, Any]) -> Any:
@@ -271,6 +275,9 @@ class OnnxGraph(nn.Module):
 
 class ImportedBackbone(nn.Module):
     """Input adapter (facecli's RGB ``(x - 127.5) / 127.5`` → the graph's own input) + graph + flatten."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(self, graph: dict[str, Any], mean: Sequence[float], std: Sequence[float], bgr: bool) -> None:
         super().__init__()

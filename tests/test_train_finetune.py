@@ -1,0 +1,216 @@
+"""``--init MODEL.onnx``: the importer against onnxruntime and PyTorch, the fine-tuning defaults, partial unfreezing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from train_support import centre_crops, tiny_config
+
+from facecli.errors import UsageError
+from facecli.nn.backbones import BACKBONES
+from facecli.nn.inference import load_backbone, model_info
+from facecli.nn.onnx_import import compare_with_onnxruntime, import_onnx
+from facecli.train import checkpoint
+from facecli.train.export import export_onnx
+from facecli.train.finetune import FINETUNE_DEFAULTS, unfreeze_last
+from facecli.train.trainer import Trainer
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _faces_batch(n: int, seed: int = 0) -> torch.Tensor:
+    """facecli's standard input: RGB (x - 127.5) / 127.5."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (n, 3, 112, 112)).astype(np.float32)
+    return torch.from_numpy((pixels - 127.5) / 127.5)
+
+
+def _randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
+    """Trained-looking BatchNorm statistics and affine parameters, so folding them is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            if m.weight.requires_grad:
+                m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def _iresnet18() -> torch.nn.Module:
+    """An IResNet-18 whose activations stay O(1) (arcface_torch's N(0, 0.1) init overflows without training)."""
+    torch.manual_seed(0)
+    model = BACKBONES.build("iresnet18", embedding_size=32)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, a=1.0)
+    model.fc.weight.data.mul_(0.1)
+    _randomise_batchnorm(model)
+    return model.eval()
+
+
+def _tiny_mbf() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = BACKBONES.build("mobilefacenet", embedding_size=32, blocks=[1, 1, 1, 1], scale=1)
+    _randomise_batchnorm(model)
+    return model.eval()
+
+
+def test_bundled_model_equals_onnxruntime_for_batches(shared_dir):
+    """The real MobileFaceNet (fixed batch 1, folded BN, ReLU6/Clip, ImageNet normalisation) on a batch of 5."""
+    from facecli.eval.models import load_model
+
+    path = shared_dir / "models" / "mobilefacenet_foamliu.onnx"
+    backbone, info = import_onnx(path, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert info["architecture"] == "onnx" and info["embedding_size"] == 128
+    assert info["mean"] == (127.5,) * 3  # the fine-tuned model takes facecli's input; the adapter converts
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 112, 112, 3)).astype(np.uint8)
+    reference = load_model(path, mean=",".join(map(str, IMAGENET_MEAN)), std=",".join(map(str, IMAGENET_STD)))
+    expected = reference.embed_batch(pixels)
+    x = torch.from_numpy((pixels.transpose(0, 3, 1, 2).astype(np.float32) - 127.5) / 127.5)
+    with torch.no_grad():
+        got = backbone(x).numpy()
+    assert got.shape == (5, 128)
+    assert np.abs(got - expected).max() < 1e-4
+    assert compare_with_onnxruntime(backbone, path, batch=4) < 1e-4
+
+
+def test_export_then_init_round_trip_is_exact(tmp_path):
+    """facecli export → import: embeddings of the original PyTorch model within 1e-5 (mobilefacenet and iresnet)."""
+    for name, model in (("mbf", _tiny_mbf()), ("ir18", _iresnet18())):
+        info = model_info("mobilefacenet" if name == "mbf" else "iresnet18", 32,
+                          backbone_options={"blocks": [1, 1, 1, 1], "scale": 1} if name == "mbf" else None)
+        checkpoint.save_backbone(tmp_path / f"{name}.pt", model.state_dict(), info, {})
+        export_onnx(tmp_path / f"{name}.pt", tmp_path / f"{name}.onnx")
+        imported, _ = import_onnx(tmp_path / f"{name}.onnx")  # facecli metadata: RGB, 127.5
+        x = _faces_batch(3)
+        with torch.no_grad():
+            assert (imported(x) - model(x)).abs().max() < 1e-5, name
+
+
+def test_model_pack_layout_and_normalisation_inside_the_graph(tmp_path):
+    """arcface_torch's torch2onnx layout (input "data", opset 11, BN folded, no metadata: insightface's 127.5 rule),
+    and a graph that normalises raw pixels itself with leading Sub/Mul nodes (the rule then says mean 0, std 1)."""
+    model = _tiny_mbf()
+    path = tmp_path / "pack.onnx"
+    torch.onnx.export(model, torch.zeros(1, 3, 112, 112), str(path), input_names=["data"], opset_version=11,
+                      keep_initializers_as_inputs=False, dynamo=False)
+    imported, _ = import_onnx(path)
+    x = _faces_batch(4)
+    with torch.no_grad():
+        assert (imported(x) - model(x)).abs().max() < 1e-5
+
+    class RawPixels(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.net((pixels - 127.5) * (1 / 127.5))
+
+    raw = tmp_path / "raw.onnx"
+    torch.onnx.export(RawPixels().eval(), torch.zeros(1, 3, 112, 112), str(raw), opset_version=17, dynamo=False)
+    proto = onnx.load(str(raw))
+    nodes = list(proto.graph.node)
+    first = [n for n in nodes if n.op_type in ("Sub", "Mul")][:2]  # insightface finds them by name, first
+    for node in first:
+        node.name = f"{node.op_type}_norm"
+    order = first + [n for n in nodes if n not in first]
+    del proto.graph.node[:]
+    proto.graph.node.extend(order)
+    onnx.save(proto, str(raw))
+    imported, _ = import_onnx(raw)
+    with torch.no_grad():
+        assert (imported(x) - model(x)).abs().max() < 1e-5
+
+
+def test_unsupported_operators_are_named_in_one_line(tmp_path):
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"])
+    gap = helper.make_node("GlobalAveragePool", ["y"], ["z"])
+    lstm = helper.make_node("LSTM", ["z", "w", "r"], ["out"])
+    graph = helper.make_graph(
+        [node, gap, lstm], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 1, 1])])
+    path = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(UsageError) as err:
+        import_onnx(path)
+    message = str(err.value)
+    assert "LSTM, Resize" in message and "\n" not in message and "GlobalAveragePool, " not in message.split("(")[0]
+
+
+def test_partial_unfreezing_of_the_bundled_model(shared_dir):
+    """0.3 of MobileFaceNet's parameters from the end = the 7x7 stage and the embedding layers."""
+    backbone, _ = import_onnx(shared_dir / "models" / "mobilefacenet_foamliu.onnx", check=False)
+    trainable, total = unfreeze_last(backbone, 0.3)
+    assert total == 989_952 and 0.25 < trainable / total <= 0.3
+    frozen = [p.requires_grad for layer in backbone.parameter_layers() for p in layer]
+    assert frozen.index(True) > 0 and all(frozen[frozen.index(True):])  # one frozen prefix, one trainable suffix
+
+
+def test_finetune_defaults_only_where_the_user_said_nothing(tmp_path):
+    cfg = tiny_config(tmp_path, tmp_path / "run", model__init="x.onnx", optim__lr=0.01)
+    assert cfg.optim.lr == 0.01  # given
+    for key, value in FINETUNE_DEFAULTS.items():
+        if key != "optim.lr":
+            section, leaf = key.split(".")
+            assert getattr(getattr(cfg, section), leaf) == value, key
+    plain = tiny_config(tmp_path, tmp_path / "run")
+    assert (plain.optim.name, plain.model.unfreeze, plain.model.batchnorm) == ("sgd", 1.0, "train")
+
+
+def test_training_from_onnx_freezes_the_start_and_exports(shared_dir, tmp_path):
+    """A short fine-tune of an imported graph: early layers and BatchNorm statistics unchanged, late ones moved;
+    the run exports and loads like any facecli run, without the original ONNX file."""
+    faces = centre_crops(shared_dir / "data" / "lfw-sample", tmp_path / "faces",
+                         {"Al_Gore", "Ana_Guevara", "Ana_Palacio", "Ariel_Sharon"})
+    info = model_info("mobilefacenet", 32, backbone_options={"blocks": [1, 1, 1, 1], "scale": 1})
+    checkpoint.save_backbone(tmp_path / "mbf.pt", _tiny_mbf().state_dict(), info, {})
+    export_onnx(tmp_path / "mbf.pt", tmp_path / "mbf.onnx")
+    original, _ = import_onnx(tmp_path / "mbf.onnx")
+    cfg = tiny_config(faces, tmp_path / "run", model__init=str(tmp_path / "mbf.onnx"), steps=4,
+                      model__freeze_backbone_steps=1, optim__lr=0.01, model__backbone_lr_scale=1.0,
+                      augment__names=["lowres", "crop", "photometric", "grayscale"])
+    Trainer(cfg).fit()
+    (tmp_path / "mbf.onnx").unlink()
+    tuned, tuned_info = load_backbone(tmp_path / "run")
+    assert tuned_info["architecture"] == "onnx"
+    before = dict(original.state_dict())
+    after = dict(tuned.state_dict())
+    layers = original.parameter_layers()
+    names = {id(p): n for n, p in original.named_parameters()}
+    first, last = names[id(layers[0][0])], names[id(layers[-1][0])]
+    assert torch.equal(before[first], after[first])
+    assert not torch.equal(before[last], after[last])
+    buffers = [n for n, _ in original.named_buffers() if n in before]
+    assert buffers and all(torch.equal(before[n], after[n]) for n in buffers)  # BatchNorm statistics kept
+    summary = export_onnx(tmp_path / "run", tmp_path / "tuned.onnx")
+    assert summary["facecli.architecture"] == "onnx" and summary["max_abs_diff"] < 1e-4
+
+
+def test_cli_options_reach_the_config(run_cli, tmp_path):
+    result = run_cli("train", str(tmp_path), "--out", str(tmp_path / "r"), "--init", "m.onnx", "--mean", "1,2,3",
+                     "--std", "4", "--bgr", "--augment", "lowres,crop", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    cfg = result.json()
+    assert cfg["model"]["init_mean"] == [1, 2, 3] and cfg["model"]["init_std"] == [4, 4, 4]
+    assert cfg["model"]["init_color"] == "BGR" and cfg["augment"]["names"] == ["lowres", "crop"]
+    bad = run_cli("train", str(tmp_path), "--out", str(tmp_path / "r"), "--augment", "blur", "--dry-run")
+    assert bad.returncode == 2 and "unknown augmentation blur" in bad.stderr
+
+
+def test_missing_and_corrupt_onnx(tmp_path):
+    with pytest.raises(UsageError, match="no such model file"):
+        import_onnx(tmp_path / "none.onnx")
+    bad = Path(tmp_path / "bad.onnx")
+    bad.write_bytes(b"not a model")
+    with pytest.raises(Exception, match="not a readable ONNX model"):
+        import_onnx(bad)
