@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -214,3 +215,56 @@ def test_missing_and_corrupt_onnx(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(Exception, match="not a readable ONNX model"):
         import_onnx(bad)
+
+
+def test_resume_from_onnx_with_augmentation_and_distillation_is_exact(shared_dir, tmp_path):
+    """2 + 2 steps equal 4 straight: augmentation seeds come from the sampler, the teacher from --init."""
+    from facecli.train.callbacks import Callback
+    from facecli.train.trainer import resolve_run_config
+
+    class Interrupt(Callback):
+        def on_step_end(self, trainer, metrics):
+            if trainer.step == 2:
+                raise KeyboardInterrupt
+
+    faces = centre_crops(shared_dir / "data" / "lfw-sample", tmp_path / "faces",
+                         {"Al_Gore", "Ana_Guevara", "Ana_Palacio", "Ariel_Sharon"})
+    info = model_info("mobilefacenet", 32, backbone_options={"blocks": [1, 1, 1, 1], "scale": 1})
+    checkpoint.save_backbone(tmp_path / "mbf.pt", _tiny_mbf().state_dict(), info, {})
+    export_onnx(tmp_path / "mbf.pt", tmp_path / "mbf.onnx")
+    options = {"model__init": str(tmp_path / "mbf.onnx"), "steps": 4, "model__freeze_backbone_steps": 1,
+               "model__distill": 2.0, "augment__names": ["lowres", "crop", "photometric", "grayscale"],
+               "augment__lowres_p": 1.0}
+    Trainer(tiny_config(faces, tmp_path / "straight", **options)).fit()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(faces, tmp_path / "split", checkpoint_every=2, **options), callbacks=[Interrupt()]).fit()
+    Trainer(resolve_run_config(tmp_path / "split", {"data.workers": 1}), resume=True).fit()
+    one = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    two = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert one["backbone"].keys() == two["backbone"].keys()
+    assert all(torch.equal(one["backbone"][k], two["backbone"][k]) for k in one["backbone"])
+    assert torch.equal(one["classifier"]["weight"], two["classifier"]["weight"])
+
+
+def test_augmentations_are_seeded_and_degrade_as_asked(shared_dir):
+    from facecli.data.augment import Augmenter, low_resolution
+    from facecli.imageio import read_image
+    from facecli.train.config import AugmentConfig
+
+    face = cv2_resize(read_image(next((shared_dir / "data" / "lfw-sample" / "Al_Gore").glob("*.jpg"))))
+    every = Augmenter(AugmentConfig(names=["crop", "photometric", "grayscale", "lowres"], crop_p=1, photometric_p=1,
+                                    grayscale_p=1, lowres_p=1))
+    a, b, c = every(face, 7), every(face, 7), every(face, 8)
+    assert a.shape == face.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.array_equal(a[..., 0], a[..., 1])  # grey
+    small = low_resolution(face, 16)
+    # a 16-px face keeps no fine detail: the Laplacian (edges, texture) nearly vanishes
+    sharpness = [cv2.Laplacian(img[..., 1].astype(np.float32), cv2.CV_32F).var() for img in (face, small)]
+    assert sharpness[1] < 0.2 * sharpness[0]
+    none = Augmenter(AugmentConfig(names=["lowres"], lowres_p=0.0))
+    assert np.array_equal(none(face, 1), face)
+
+
+def cv2_resize(rgb: np.ndarray) -> np.ndarray:
+    return cv2.resize(rgb[60:190, 60:190], (112, 112), interpolation=cv2.INTER_AREA)

@@ -38,11 +38,18 @@ def train(
     workers: Annotated[Optional[int], Opt(help="DataLoader worker processes.")] = None,
     val: Annotated[Optional[List[Path]], Opt("--val", help="Verification .bin file (repeatable).")] = None,
     val_every: Annotated[Optional[int], Opt("--val-every", help="Evaluate --val every N steps (and at the end).")] = None,
-    init: Annotated[Optional[Path], Opt("--init", help="Fine-tune a pretrained backbone: an ONNX recognition model, a facecli run/checkpoint or an arcface_torch .pt (sets the fine-tuning defaults, see README).")] = None,
-    mean: Annotated[Optional[str], Opt("--mean", help="--init MODEL.onnx: its input mean, one value or R,G,B (0-255 units).")] = None,
-    std: Annotated[Optional[str], Opt("--std", help="--init MODEL.onnx: its input std, one value or R,G,B (0-255 units).")] = None,
-    bgr: Annotated[Optional[bool], Opt("--bgr/--rgb", help="--init MODEL.onnx: its colour order (default: from the file, else RGB).", show_default=False)] = None,
-    augment: Annotated[Optional[str], Opt("--augment", help="Comma-separated: lowres, crop, photometric, grayscale (options: augment.KEY=VALUE).")] = None,
+    init: Annotated[Optional[Path], Opt(
+        "--init", help="Fine-tune a pretrained backbone: an ONNX recognition model, a facecli run/checkpoint or an "
+                       "arcface_torch .pt (sets the fine-tuning defaults, see the README).")] = None,
+    mean: Annotated[Optional[str], Opt(
+        "--mean", help="--init MODEL.onnx: its input mean, one value or R,G,B (0-255 units).")] = None,
+    std: Annotated[Optional[str], Opt(
+        "--std", help="--init MODEL.onnx: its input std, one value or R,G,B (0-255 units).")] = None,
+    bgr: Annotated[Optional[bool], Opt(
+        "--bgr/--rgb", help="--init MODEL.onnx: its colour order (default: from the file, else RGB).",
+        show_default=False)] = None,
+    augment: Annotated[Optional[str], Opt(
+        "--augment", help="Comma-separated: lowres, crop, photometric, grayscale (options: augment.KEY=VALUE).")] = None,
     freeze_backbone_steps: Annotated[Optional[int], Opt("--freeze-backbone-steps", help="Train only the head for the first N steps.")] = None,
     backbone_lr_scale: Annotated[Optional[float], Opt("--backbone-lr-scale", help="Backbone LR = lr × this (e.g. 0.1 when fine-tuning).")] = None,
     head_opt: Annotated[Optional[List[str]], Opt("--head-opt", help="A head parameter, key=value (repeatable), e.g. m=0.4.")] = None,

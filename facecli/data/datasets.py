@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 import cv2
@@ -46,6 +47,8 @@ class FaceDataset(Dataset):
     source: str
     #: ``augment(rgb, seed) -> rgb``, set by the trainer for ``--augment``; None: no augmentation.
     augment: Callable[[np.ndarray, int], np.ndarray] | None = None
+    #: Also return the un-augmented image (same flip) as a third item: the teacher's view for distillation.
+    clean_view: bool = False
 
     def load_rgb(self, index: int) -> np.ndarray:
         raise NotImplementedError
@@ -53,13 +56,16 @@ class FaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, item: int | tuple[int, bool] | tuple[int, bool, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, bool] | tuple[int, bool, int]) -> tuple[Any, ...]:
+        """``(image, label)``, or ``(image, label, clean image)`` with :attr:`clean_view`."""
         index, flip, *seed = item if isinstance(item, tuple) else (item, False)
-        rgb = self.load_rgb(int(index))
+        rgb = clean = self.load_rgb(int(index))
         if self.augment is not None and seed:
             if (rgb.shape[1], rgb.shape[0]) != INPUT_SIZE:
-                rgb = cv2.resize(rgb, INPUT_SIZE, interpolation=cv2.INTER_AREA)
+                rgb = clean = cv2.resize(rgb, INPUT_SIZE, interpolation=cv2.INTER_AREA)
             rgb = self.augment(rgb, int(seed[0]))
+        if self.clean_view:
+            return to_input(rgb, bool(flip)), int(self.labels[index]), to_input(clean, bool(flip))
         return to_input(rgb, bool(flip)), int(self.labels[index])
 
 
@@ -138,8 +144,10 @@ def open_dataset(path: str | os.PathLike) -> FaceDataset:
     raise UsageError(f"training data not found: {path} (give a .rec file, its folder, or an image folder)")
 
 
-def collate(items: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack images and labels (the default collate, without its type dispatch)."""
-    images = torch.stack([x for x, _ in items])
-    labels = torch.tensor([y for _, y in items], dtype=torch.long)
+def collate(items: Sequence[tuple[Any, ...]]) -> tuple[torch.Tensor, ...]:
+    """Stack images and labels (and clean views, when items carry them): the default collate without its dispatch."""
+    images = torch.stack([item[0] for item in items])
+    labels = torch.tensor([item[1] for item in items], dtype=torch.long)
+    if len(items[0]) > 2:
+        return images, labels, torch.stack([item[2] for item in items])
     return images, labels

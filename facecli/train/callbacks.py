@@ -46,13 +46,19 @@ class MetricsFile(Callback):
         self.rows: list[dict[str, Any]] = []
 
     def on_train_start(self, trainer: "Trainer") -> None:
+        """Rows of a resumed run up to its step; for a new run with validation, a step-0 row (before training)."""
         if trainer.is_main and self.path.is_file() and trainer.step > 0:
             with open(self.path, newline="", encoding="utf-8") as fh:
                 self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= trainer.step]
+        if trainer.is_main and trainer.step == 0 and trainer.initial_accuracy:
+            self._write({"step": 0, "epoch": 0.0, **{f"val_{k}": v for k, v in trainer.initial_accuracy.items()}})
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         if not trainer.is_main or not metrics.get("logged"):
             return
+        self._write(metrics)
+
+    def _write(self, metrics: dict[str, Any]) -> None:
         self.rows.append({k: _fmt(metrics.get(k)) for k in self.columns})
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")

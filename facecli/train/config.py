@@ -51,6 +51,9 @@ class ModelConfig:
     unfreeze: float = 1.0
     #: "train": BatchNorm layers use and update batch statistics; "frozen": they keep their running statistics.
     batchnorm: str = "train"
+    #: Weight of the distillation loss 1 - cos(embedding of the augmented image, the initial backbone's embedding
+    #: of the clean image); 0 = off. Needs --init.
+    distill: float = 0.0
 
 
 @dataclass
@@ -300,6 +303,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError("set steps or epochs to a positive number")
     if cfg.optim.lr <= 0:
         raise UsageError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if cfg.model.distill < 0:
+        raise UsageError(f"model.distill must not be negative, got {cfg.model.distill}")
+    if cfg.model.distill > 0 and not cfg.model.init:
+        raise UsageError("model.distill needs a pretrained teacher: give --init")
     if not 0.0 < cfg.model.unfreeze <= 1.0:
         raise UsageError(f"model.unfreeze must be a fraction in (0, 1], got {cfg.model.unfreeze}")
     for key in ("init_mean", "init_std"):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from facecli.errors import UsageError
@@ -39,7 +40,10 @@ class FaceModel(nn.Module):
         self.aux = aux
         self.aux_weight = float(aux_weight)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, freeze_backbone: bool = False) -> StepOutput:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, freeze_backbone: bool = False,
+                teacher: torch.Tensor | None = None, distill_weight: float = 0.0) -> StepOutput:
+        """The step's loss; ``teacher`` (the initial backbone's embeddings of the clean images) adds
+        ``distill_weight`` x mean(1 - cos(embedding, teacher))."""
         if freeze_backbone:
             with torch.no_grad():
                 embeddings = self.backbone(images)
@@ -60,6 +64,8 @@ class FaceModel(nn.Module):
             extreme = logits.detach().abs().max()
         if self.aux is not None:
             loss = loss + self.aux_weight * self.aux(embeddings.float(), labels)
+        if teacher is not None and not freeze_backbone:
+            loss = loss + distill_weight * (1 - F.cosine_similarity(embeddings.float(), teacher.float())).mean()
         neck_loss = getattr(self.backbone, "auxiliary_loss", None)  # e.g. GroupFace's group-decision loss
         if callable(neck_loss) and not freeze_backbone:
             extra = neck_loss()

@@ -9,6 +9,7 @@ step or saved in the checkpoint, which is what makes ``--resume`` continue bit f
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -123,12 +124,17 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.augment.names:
             self.dataset.augment = Augmenter(cfg.augment)
+        self.dataset.clean_view = cfg.model.distill > 0
         model, self.info = build_model(cfg, self.dataset.num_classes)
+        # distillation's teacher: the initial backbone, frozen (rebuilt from --init on resume, never saved)
+        self.teacher = copy.deepcopy(model.backbone).eval().requires_grad_(False) if cfg.model.distill > 0 else None
         trainable, total = unfreeze_last(model.backbone, cfg.model.unfreeze)
         if trainable < total:
             self.detail(f"training the last {trainable:,} of the backbone's {total:,} parameters "
                         f"(model.unfreeze={cfg.model.unfreeze:g})")
         self.model: FaceModel = model.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
         self.pk = int(getattr(self.model.head, "samples_per_identity", 0)) if isinstance(
             self.model.head, EmbeddingLoss) else 0
         try:
@@ -253,7 +259,7 @@ class Trainer:
         self.resumed = {"step": self.step, "best_accuracy": self.best_accuracy}
 
     # -- the loop -----------------------------------------------------------------------------------------------
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         sampler = ResumableBatchSampler(self.plan, start=self.step * self.cfg.optim.accumulate)
         workers = self.cfg.data.workers
         loader = torch.utils.data.DataLoader(
@@ -337,14 +343,18 @@ class Trainer:
             self.aux_optimizer.zero_grad(set_to_none=True)
         losses, extremes = [], []
         for micro in range(accumulate):
-            images, labels = next(batches)
+            images, labels, *clean = next(batches)
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
+            teacher = None
+            if self.teacher is not None and not freeze:
+                with torch.no_grad(), self.autocast():
+                    teacher = self.teacher(clean[0].to(self.device, non_blocking=True))
             sync = micro == accumulate - 1 or self.world_size == 1
             ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
             with ctx:
                 with self.autocast():
-                    out = self.ddp_model(images, labels, freeze)
+                    out = self.ddp_model(images, labels, freeze, teacher, cfg.model.distill)
                 self.scaler.scale(out.loss.float() / accumulate).backward()
             losses.append(out.loss.detach().float())
             extremes.append(out.max_logit.float())
