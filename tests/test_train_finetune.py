@@ -84,29 +84,40 @@ def test_bundled_model_equals_onnxruntime_for_batches(shared_dir):
 
 
 def test_export_then_init_round_trip_is_exact(tmp_path):
-    """facecli export → import: embeddings of the original PyTorch model within 1e-5 (mobilefacenet and iresnet)."""
+    """facecli export → import: facecli's own class, weight by weight, with the original embeddings within 1e-5
+    (mobilefacenet and iresnet); the generic graph importer gives them too."""
     for name, model in (("mbf", _tiny_mbf()), ("ir18", _iresnet18())):
-        info = model_info("mobilefacenet" if name == "mbf" else "iresnet18", 32,
-                          backbone_options={"blocks": [1, 1, 1, 1], "scale": 1} if name == "mbf" else None)
+        arch = "mobilefacenet" if name == "mbf" else "iresnet18"
+        info = model_info(arch, 32, backbone_options={"blocks": [1, 1, 1, 1], "scale": 1} if name == "mbf" else None)
         checkpoint.save_backbone(tmp_path / f"{name}.pt", model.state_dict(), info, {})
         export_onnx(tmp_path / f"{name}.pt", tmp_path / f"{name}.onnx")
-        imported, _ = import_onnx(tmp_path / f"{name}.onnx")  # facecli metadata: RGB, 127.5
+        imported, found = import_onnx(tmp_path / f"{name}.onnx")  # facecli metadata: RGB, 127.5
+        assert type(imported) is type(model) and found["architecture"] == arch
+        assert found.get("backbone_options") == info.get("backbone_options")
+        generic, generic_info = import_onnx(tmp_path / f"{name}.onnx", facecli_classes=False)
+        assert generic_info["architecture"] == "onnx"
         x = _faces_batch(3)
         with torch.no_grad():
             assert (imported(x) - model(x)).abs().max() < 1e-5, name
+            assert (generic(x) - model(x)).abs().max() < 1e-5, name
 
 
 def test_model_pack_layout_and_normalisation_inside_the_graph(tmp_path):
     """arcface_torch's torch2onnx layout (input "data", opset 11, BN folded, no metadata: insightface's 127.5 rule),
     and a graph that normalises raw pixels itself with leading Sub/Mul nodes (the rule then says mean 0, std 1)."""
-    model = _tiny_mbf()
+    torch.manual_seed(0)
+    model = BACKBONES.build("mobilefacenet", embedding_size=512)  # arcface_torch's mbf (w600k_mbf's architecture)
+    _randomise_batchnorm(model)
+    model.eval()
     path = tmp_path / "pack.onnx"
     torch.onnx.export(model, torch.zeros(1, 3, 112, 112), str(path), input_names=["data"], opset_version=11,
                       keep_initializers_as_inputs=False, dynamo=False)
-    imported, _ = import_onnx(path)
+    imported, info = import_onnx(path)
+    assert type(imported) is type(model) and info["architecture"] == "mobilefacenet"  # found by its layers
     x = _faces_batch(4)
     with torch.no_grad():
         assert (imported(x) - model(x)).abs().max() < 1e-5
+    model = _tiny_mbf()
 
     class RawPixels(torch.nn.Module):
         def __init__(self) -> None:
@@ -127,7 +138,8 @@ def test_model_pack_layout_and_normalisation_inside_the_graph(tmp_path):
     del proto.graph.node[:]
     proto.graph.node.extend(order)
     onnx.save(proto, str(raw))
-    imported, _ = import_onnx(raw)
+    imported, info = import_onnx(raw)
+    assert info["architecture"] == "onnx"  # the normalisation runs before the first convolution: generic import
     with torch.no_grad():
         assert (imported(x) - model(x)).abs().max() < 1e-5
 
@@ -173,9 +185,8 @@ def test_training_from_onnx_freezes_the_start_and_exports(shared_dir, tmp_path):
     the run exports and loads like any facecli run, without the original ONNX file."""
     faces = centre_crops(shared_dir / "data" / "lfw-sample", tmp_path / "faces",
                          {"Al_Gore", "Ana_Guevara", "Ana_Palacio", "Ariel_Sharon"})
-    info = model_info("mobilefacenet", 32, backbone_options={"blocks": [1, 1, 1, 1], "scale": 1})
-    checkpoint.save_backbone(tmp_path / "mbf.pt", _tiny_mbf().state_dict(), info, {})
-    export_onnx(tmp_path / "mbf.pt", tmp_path / "mbf.onnx")
+    # a graph that is not one of facecli's classes (no metadata, not a known size): the generic importer
+    torch.onnx.export(_tiny_mbf(), torch.zeros(1, 3, 112, 112), str(tmp_path / "mbf.onnx"), dynamo=False)
     original, _ = import_onnx(tmp_path / "mbf.onnx")
     cfg = tiny_config(faces, tmp_path / "run", model__init=str(tmp_path / "mbf.onnx"), steps=4,
                       model__freeze_backbone_steps=1, optim__lr=0.01, model__backbone_lr_scale=1.0,

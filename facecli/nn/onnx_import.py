@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from facecli.errors import CorruptFileError, FacecliError, UsageError
 from facecli.nn.backbones.onnx_graph import OPS, PARAMETER_INPUTS, ImportedBackbone
@@ -114,11 +115,15 @@ def preprocessing(proto: Any, mean: Sequence[float] | None, std: Sequence[float]
 
 
 def import_onnx(path: str | os.PathLike, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                bgr: bool | None = None, check: bool = True) -> tuple[ImportedBackbone, dict[str, Any]]:
+                bgr: bool | None = None, check: bool = True,
+                facecli_classes: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """The backbone of an ONNX recognition model, with its weights, and the facecli model info describing it.
 
     ``mean``/``std`` (0–255 units, per R, G, B) and ``bgr`` are the network's own input convention; omitted, they
-    come from the file as ``facecli eval`` decides. With ``check`` the result is compared with onnxruntime.
+    come from the file as ``facecli eval`` decides. With ``check`` the result is compared with onnxruntime. With
+    ``facecli_classes``, a graph of one of facecli's architectures that takes facecli's input convention (a facecli
+    export, an insightface model pack) comes back as that facecli backbone (``facecli.nn.onnx_facecli``);
+    anything else as the generic ``onnx`` backbone.
     """
     import onnx
 
@@ -144,9 +149,28 @@ def import_onnx(path: str | os.PathLike, mean: Sequence[float] | None = None, st
         diff = compare_with_onnxruntime(backbone, path)
         if not diff <= TOLERANCE:
             raise FacecliError(f"{path}: the imported network differs from onnxruntime by {diff:.3g} (> {TOLERANCE})")
+    if facecli_classes and (net_mean, net_std, net_bgr) == ((127.5,) * 3, (127.5,) * 3, False):
+        found = _as_facecli_backbone(proto, spec, state, backbone, embedding_size)
+        if found is not None:
+            return found[0], {**found[1], "source": path.name}
     info = model_info("onnx", embedding_size, backbone_options=options)
     info["source"] = path.name
     return backbone, info
+
+
+def _as_facecli_backbone(proto: Any, spec: dict[str, Any], state: dict[str, torch.Tensor], imported: nn.Module,
+                         embedding_size: int) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The graph as one of facecli's own backbones, when it is one and computes the same (1e-5) on test faces."""
+    from facecli.nn.onnx_facecli import load_facecli_backbone
+
+    meta = {p.key: p.value for p in proto.metadata_props}
+    found = load_facecli_backbone(spec, state, meta, embedding_size)
+    if found is None:
+        return None
+    x = torch.from_numpy(np.random.default_rng(1).uniform(-1, 1, (2, 3, INPUT_SIZE, INPUT_SIZE)).astype(np.float32))
+    with torch.no_grad():
+        diff = float((found[0](x) - imported(x)).abs().max())
+    return found if diff <= 1e-5 else None
 
 
 def compare_with_onnxruntime(backbone: ImportedBackbone, path: Path, batch: int = 3) -> float:
