@@ -279,3 +279,31 @@ def test_augmentations_are_seeded_and_degrade_as_asked(shared_dir):
 
 def cv2_resize(rgb: np.ndarray) -> np.ndarray:
     return cv2.resize(rgb[60:190, 60:190], (112, 112), interpolation=cv2.INTER_AREA)
+
+
+def test_val_split_holds_people_out_and_reports_step_zero(shared_dir, tmp_path):
+    """data.val_split: a seeded fraction of the people leaves training; pairs of them are scored before and after."""
+    from facecli.data.datasets import open_dataset
+    from facecli.train.heldout import split_people
+
+    people = {"Al_Gore", "Ana_Guevara", "Ana_Palacio", "Ariel_Sharon", "Atal_Bihari_Vajpayee", "Bill_McBride"}
+    faces = centre_crops(shared_dir / "data" / "lfw-sample", tmp_path / "faces", people)
+    dataset = open_dataset(faces)
+    train, (images, issame) = split_people(dataset, 0.34, seed=3)
+    held = set(dataset.labels.tolist()) - set(dataset.labels[train.indices].tolist())
+    assert len(held) == 2 and train.num_classes == 4 and sorted(set(train.labels.tolist())) == [0, 1, 2, 3]
+    assert len(images) == 2 * len(issame) and issame.sum() == (~issame).sum() > 0
+    again = split_people(dataset, 0.34, seed=3)
+    assert np.array_equal(again[0].indices, train.indices) and np.array_equal(again[1][1], issame)
+    with pytest.raises(UsageError, match="holds out"):
+        split_people(dataset, 0.1, seed=3)
+
+    info = model_info("mobilefacenet", 32, backbone_options={"blocks": [1, 1, 1, 1], "scale": 1})
+    checkpoint.save_backbone(tmp_path / "mbf.pt", _tiny_mbf().state_dict(), info, {})
+    cfg = tiny_config(faces, tmp_path / "run", model__init=str(tmp_path / "mbf.pt"), steps=2,
+                      data__val_split=0.34, data__val_every=0)
+    summary = Trainer(cfg).fit()
+    assert summary["num_classes"] == 4 and set(summary["initial_accuracy"]) == {"heldout_people"}
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert rows[0].endswith("val_heldout_people") and rows[1].startswith("0,")
+    assert (tmp_path / "run" / "best.pt").is_file()

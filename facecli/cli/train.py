@@ -38,6 +38,8 @@ def train(
     workers: Annotated[Optional[int], Opt(help="DataLoader worker processes.")] = None,
     val: Annotated[Optional[List[Path]], Opt("--val", help="Verification .bin file (repeatable).")] = None,
     val_every: Annotated[Optional[int], Opt("--val-every", help="Evaluate --val every N steps (and at the end).")] = None,
+    val_split: Annotated[Optional[float], Opt(
+        "--val-split", help="Hold this fraction of the people out of training; validate on pairs of them.")] = None,
     init: Annotated[Optional[Path], Opt(
         "--init", help="Fine-tune a pretrained backbone: an ONNX recognition model, a facecli run/checkpoint or an "
                        "arcface_torch .pt (sets the fine-tuning defaults, see the README).")] = None,
@@ -91,6 +93,7 @@ def train(
         "amp": "fp16" if fp16 else "bf16" if bf16 else None, "optim.name": optimizer, "schedule.name": schedule,
         "schedule.warmup_steps": warmup_steps, "model.embedding_size": embedding_size, "data.workers": workers,
         "data.val": [str(v) for v in val] if val else None, "data.val_every": val_every,
+        "data.val_split": val_split,
         "model.init": str(init) if init else None, "model.freeze_backbone_steps": freeze_backbone_steps,
         "model.backbone_lr_scale": backbone_lr_scale, "model.neck": neck, "optim.accumulate": accumulate,
         "optim.clip_grad_norm": clip_grad, "compile": True if compile_ else None,

@@ -111,18 +111,21 @@ class Verification(Callback):
     embeddings summed before L2 normalisation (facecli's ``eval.verify`` with ``embeddings_flip``).
     """
 
-    def __init__(self, bins: list[str], every: int, batch_size: int) -> None:
+    def __init__(self, bins: list[str], every: int, batch_size: int,
+                 extra: dict[str, tuple[list, np.ndarray]] | None = None) -> None:
+        """``bins``: ``.bin`` files; ``extra``: more sets by name, as (images: encoded bytes or RGB arrays, issame)."""
         from facecli.data.benchmarks import load_bin
 
         self.sets = {Path(b).stem: load_bin(b) for b in bins}
+        self.sets.update(extra or {})
         self.every = every
         self.batch_size = batch_size
         self.best = -1.0
         self.last: dict[str, float] = {}
 
     @staticmethod
-    def names(bins: list[str]) -> list[str]:
-        return [Path(b).stem for b in bins]
+    def names(bins: list[str], extra: list[str] | None = None) -> list[str]:
+        return [Path(b).stem for b in bins] + list(extra or [])
 
     def on_train_start(self, trainer: "Trainer") -> None:
         """At step 0, the accuracy before training: what a fine-tuned model has to beat."""
@@ -149,7 +152,7 @@ class Verification(Callback):
             trainer.save_backbone_file("best.pt", {"val_accuracy": dict(self.last), "step": trainer.step})
 
     @torch.no_grad()
-    def evaluate(self, trainer: "Trainer", images: list[bytes], issame: np.ndarray) -> float:
+    def evaluate(self, trainer: "Trainer", images: list, issame: np.ndarray) -> float:
         from facecli.data.datasets import to_input
         from facecli.eval import verify
         from facecli.imageio import decode_image
@@ -160,7 +163,7 @@ class Verification(Callback):
         plain, flipped = [], []
         started = time.perf_counter()
         for lo in range(0, len(images), self.batch_size):
-            rgb = [decode_image(b) for b in images[lo : lo + self.batch_size]]
+            rgb = [b if isinstance(b, np.ndarray) else decode_image(b) for b in images[lo : lo + self.batch_size]]
             x = torch.stack([to_input(im) for im in rgb]).to(trainer.device)
             with trainer.autocast():
                 plain.append(backbone(x).float().cpu())

@@ -27,6 +27,8 @@ class DataConfig:
     workers: int = 2
     flip: bool = True
     val: list[str] = field(default_factory=list)
+    #: Fraction of the identities held out of training for validation pairs (facecli.train.heldout); 0 = none.
+    val_split: float = 0.0
     val_every: int = 500
     val_batch_size: int = 64
 
@@ -303,6 +305,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError("set steps or epochs to a positive number")
     if cfg.optim.lr <= 0:
         raise UsageError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if not 0.0 <= cfg.data.val_split < 1.0:
+        raise UsageError(f"data.val_split must be a fraction of the identities in [0, 1), got {cfg.data.val_split}")
     if cfg.model.distill < 0:
         raise UsageError(f"model.distill must not be negative, got {cfg.model.distill}")
     if cfg.model.distill > 0 and not cfg.model.init:

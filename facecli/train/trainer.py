@@ -32,11 +32,14 @@ from facecli.train import checkpoint
 from facecli.train.callbacks import Callback, MetricsFile, TensorBoard, Verification
 from facecli.train.config import TrainConfig, read_config_file, build_config, to_toml
 from facecli.train.finetune import freeze_batchnorm, unfreeze_last
+from facecli.train.heldout import split_people
 from facecli.train.model import FaceModel, build_model
 from facecli.train.sampling import EpochPlan, ResumableBatchSampler
 from facecli.train.schedule import lr_factor
 
 CONFIG_FILE = "config.toml"
+#: The validation set name (metrics column ``val_heldout_people``) of ``data.val_split``.
+HELDOUT = "heldout_people"
 
 
 class NonFiniteError(FacecliError):
@@ -121,6 +124,11 @@ class Trainer:
         if cfg.amp == "fp16" and self.device.type == "cpu":
             raise UsageError("--fp16 needs a GPU; on CPU use --bf16 (amp=bf16) or no AMP")
         self.dataset: FaceDataset = open_dataset(cfg.data.path)
+        heldout: dict[str, tuple[list, Any]] = {}
+        if cfg.data.val_split > 0:
+            self.dataset, heldout[HELDOUT] = split_people(self.dataset, cfg.data.val_split, cfg.seed)
+            self.detail(f"held out {cfg.data.val_split:g} of the people: {len(heldout[HELDOUT][1])} validation pairs; "
+                        f"training on {self.dataset.num_classes} people, {len(self.dataset)} photos")
         torch.manual_seed(cfg.seed)
         if cfg.augment.names:
             self.dataset.augment = Augmenter(cfg.augment)
@@ -165,9 +173,9 @@ class Trainer:
             )
         self._prepare_run_dir()
         self.callbacks: list[Callback] = []
-        if cfg.data.val:
-            self.callbacks.append(Verification(cfg.data.val, cfg.data.val_every, cfg.data.val_batch_size))
-        self.callbacks.append(MetricsFile(self.run_dir / "metrics.csv", Verification.names(cfg.data.val)))
+        if cfg.data.val or heldout:
+            self.callbacks.append(Verification(cfg.data.val, cfg.data.val_every, cfg.data.val_batch_size, heldout))
+        self.callbacks.append(MetricsFile(self.run_dir / "metrics.csv", Verification.names(cfg.data.val, list(heldout))))
         if cfg.tensorboard:
             self.callbacks.append(TensorBoard(self.run_dir / "tensorboard"))
         self.callbacks += self.extra_callbacks
