@@ -128,12 +128,25 @@ def train(
         if not cfg.data.path and not dry_run:
             raise UsageError("missing DATA: facecli train DATA --out RUN (or a config with data.path)")
         if not cfg.out and not dry_run:
-            raise UsageError("missing --out RUN: the run directory for checkpoints and metrics")
+            cfg.out = _default_run_dir(cfg.data.path)
+            ui.info(f"no --out given: writing the run to {cfg.out}")
     if dry_run:
         _check_names(cfg)
         ui.result(cfg.to_dict(), lambda console: console.print(to_toml(cfg), markup=False, highlight=False))
         return
     _run(cfg, resume, ui)
+
+
+def _default_run_dir(data: str) -> str:
+    """``runs/<data name>-<date>-<time>`` in the working directory, first free name (ultralytics-style)."""
+    from datetime import datetime
+
+    base = Path("runs") / f"{Path(data).resolve().name}-{datetime.now():%Y%m%d-%H%M%S}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return str(candidate)
 
 
 def _channels(value: str | None, what: str) -> list[float] | None:
