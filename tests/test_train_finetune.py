@@ -307,3 +307,13 @@ def test_val_split_holds_people_out_and_reports_step_zero(shared_dir, tmp_path):
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert rows[0].endswith("val_heldout_people") and rows[1].startswith("0,")
     assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_default_run_directory_is_new(tmp_path, monkeypatch):
+    from facecli.cli.train import _default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    first = Path(_default_run_dir(str(tmp_path / "my_people")))
+    assert first.parent == Path("runs") and first.name.startswith("my_people-")
+    first.mkdir(parents=True)
+    assert Path(_default_run_dir(str(tmp_path / "my_people"))) != first
