@@ -367,7 +367,7 @@ def test_training_on_one_identity_is_refused(tmp_path):
     from facecli.train.trainer import Trainer
 
     src = faces(tmp_path / "src", people=1, per=4)
-    with pytest.raises(UsageError, match="holds 1 identity; .*at least 2"):
+    with pytest.raises(UsageError, match="holds 1 identity to train on; .*at least 2"):
         Trainer(tiny_config(src, tmp_path / "run", steps=1)).fit()
     assert not (tmp_path / "run").exists()
 

@@ -39,7 +39,8 @@ def test_export_cli_insightface_and_facecli_agree_with_pytorch(trained_run, tmp_
     assert read_metadata(onnx_path) == {
         "facecli.color": "RGB", "facecli.mean": "127.5,127.5,127.5", "facecli.std": "127.5,127.5,127.5",
         "facecli.embedding_size": "32", "facecli.architecture": "mobilefacenet", "facecli.input_size": "112,112",
-        "facecli.head": "arcface"}  # no facecli.quality: an ArcFace embedding norm is not a quality score
+        "facecli.head": "arcface", "facecli.backbone_options": '{"blocks": [1, 1, 1, 1], "scale": 1}',
+    }  # no facecli.quality: an ArcFace embedding norm is not a quality score
 
     model, info = load_backbone(run)
     bgr = [cv2.imread(str(p)) for p in sorted(faces.glob("*/*.jpg"))[:5]]

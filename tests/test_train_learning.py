@@ -51,8 +51,9 @@ def test_loss_falls_and_heldout_verification_beats_chance(shared_dir, tmp_path):
     losses = [float(r["loss"]) for r in rows if r["loss"]]
     assert losses[-1] < 0.6 * losses[0]
     accuracy = [float(r["val_heldout"]) for r in rows if r["val_heldout"]]
-    assert len(accuracy) == 1  # evaluated at the end
-    assert summary["best_accuracy"] == accuracy[0] >= 0.58  # 100 pairs: chance is 0.50 ± 0.05
+    assert len(accuracy) == 2 and rows[0]["step"] == "0"  # evaluated before the first step and at the end
+    assert summary["initial_accuracy"] == {"heldout": accuracy[0]}
+    assert summary["best_accuracy"] == accuracy[1] >= 0.58  # 100 pairs: chance is 0.50 ± 0.05
     assert (tmp_path / "run" / "best.pt").is_file()
 
 

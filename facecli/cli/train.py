@@ -41,7 +41,20 @@ def train(
     workers: Annotated[Optional[int], Opt(help="DataLoader worker processes.")] = None,
     val: Annotated[Optional[List[Path]], Opt("--val", help="Verification .bin file (repeatable).")] = None,
     val_every: Annotated[Optional[int], Opt("--val-every", help="Evaluate --val every N steps (and at the end).")] = None,
-    init: Annotated[Optional[Path], Opt("--init", help="Start the backbone from a facecli run/checkpoint or an arcface_torch .pt.")] = None,
+    val_split: Annotated[Optional[float], Opt(
+        "--val-split", help="Hold this fraction of the people out of training; validate on pairs of them.")] = None,
+    init: Annotated[Optional[Path], Opt(
+        "--init", help="Fine-tune a pretrained backbone: an ONNX recognition model, a facecli run/checkpoint or an "
+                       "arcface_torch .pt (sets the fine-tuning defaults, see the README).")] = None,
+    mean: Annotated[Optional[str], Opt(
+        "--mean", help="--init MODEL.onnx: its input mean, one value or R,G,B (0-255 units).")] = None,
+    std: Annotated[Optional[str], Opt(
+        "--std", help="--init MODEL.onnx: its input std, one value or R,G,B (0-255 units).")] = None,
+    bgr: Annotated[Optional[bool], Opt(
+        "--bgr/--rgb", help="--init MODEL.onnx: its colour order (default: from the file, else RGB).",
+        show_default=False)] = None,
+    augment: Annotated[Optional[str], Opt(
+        "--augment", help="Comma-separated: lowres, crop, photometric, grayscale (options: augment.KEY=VALUE).")] = None,
     freeze_backbone_steps: Annotated[Optional[int], Opt("--freeze-backbone-steps", help="Train only the head for the first N steps.")] = None,
     backbone_lr_scale: Annotated[Optional[float], Opt("--backbone-lr-scale", help="Backbone LR = lr × this (e.g. 0.1 when fine-tuning).")] = None,
     head_opt: Annotated[Optional[List[str]], Opt("--head-opt", help="A head parameter, key=value (repeatable), e.g. m=0.4.")] = None,
@@ -66,6 +79,7 @@ def train(
     if list_heads:
         _list_heads(ui)
         return
+    from facecli.data.augment import parse_names
     from facecli.train.config import build_config, parse_overrides, read_config_file, to_toml
 
     positional = [a for a in (args or []) if "=" not in a]
@@ -87,12 +101,16 @@ def train(
         "amp": amp, "optim.name": optimizer, "schedule.name": schedule,
         "schedule.warmup_steps": warmup_steps, "model.embedding_size": embedding_size, "data.workers": workers,
         "data.val": [str(v) for v in val] if val else None, "data.val_every": val_every,
+        "data.val_split": val_split,
         "model.init": str(init) if init else None, "model.freeze_backbone_steps": freeze_backbone_steps,
         "model.backbone_lr_scale": backbone_lr_scale, "model.neck": neck, "optim.accumulate": accumulate,
         "optim.clip_grad_norm": clip_grad, "compile": True if compile_ else None,
         "channels_last": True if channels_last else None, "grad_checkpoint": True if grad_checkpoint else None,
         "nonfinite": "skip" if skip_bad_batches else None, "checkpoint_every": checkpoint_every,
         "log_every": log_every, "device": device, "tensorboard": True if tensorboard else None,
+        "model.init_mean": _channels(mean, "mean"), "model.init_std": _channels(std, "std"),
+        "model.init_color": None if bgr is None else ("BGR" if bgr else "RGB"),
+        "augment.names": parse_names(augment) if augment is not None else None,
     }
     if epochs is not None:
         options["steps"] = 0
@@ -119,12 +137,32 @@ def train(
         if not cfg.data.path and not dry_run:
             raise UsageError("missing DATA: facecli train DATA --out RUN (or a config with data.path)")
         if not cfg.out and not dry_run:
-            raise UsageError("missing --out RUN: the run directory for checkpoints and metrics")
+            cfg.out = _default_run_dir(cfg.data.path)
+            ui.info(f"no --out given: writing the run to {cfg.out}")
     if dry_run:
         _check_names(cfg)
         ui.result(cfg.to_dict(), lambda console: console.print(to_toml(cfg), markup=False, highlight=False))
         return
     _run(cfg, resume, ui)
+
+
+def _default_run_dir(data: str) -> str:
+    """``runs/<data name>-<date>-<time>`` in the working directory, first free name (ultralytics-style)."""
+    from datetime import datetime
+
+    base = Path("runs") / f"{Path(data).resolve().name}-{datetime.now():%Y%m%d-%H%M%S}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return str(candidate)
+
+
+def _channels(value: str | None, what: str) -> list[float] | None:
+    from facecli.eval.models import parse_channels
+
+    channels = parse_channels(value, what)
+    return None if channels is None else list(channels)
 
 
 def _flat(layer: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +195,7 @@ def _run(cfg: Any, resume: bool, ui: UI) -> None:
         from rich.table import Table
 
         table = Table(title=f"facecli train: {summary['run']}", show_header=False)
-        for key in ("steps", "epochs", "final_loss", "samples_per_s", "best_accuracy", "skipped_batches",
+        for key in ("steps", "epochs", "final_loss", "samples_per_s", "initial_accuracy", "best_accuracy", "skipped_batches",
                     "num_classes", "num_images", "world_size", "model", "checkpoint"):
             value = summary.get(key)
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))

@@ -1,8 +1,10 @@
 """Torch datasets of face crops: insightface record files (``.rec``/``.idx``) and folders with one identity each.
 
-Items are requested as ``(index, flip)`` pairs: the batch sampler of the trainer decides the random horizontal
-flip together with the order, from the seed and the position in the epoch alone. That makes an epoch's data the
-same with 0 or 8 DataLoader workers, and ``--resume`` exact, without worker RNG state to save.
+Items are requested as ``(index, flip)`` pairs, or ``(index, flip, seed)`` when the dataset has an
+``augment`` (``facecli.data.augment.Augmenter``, applied in the DataLoader workers with that seed): the batch
+sampler of the trainer decides the random horizontal flip and augmentation seed together with the order, from the
+seed and the position in the epoch alone. That makes an epoch's data the same with 0 or 8 DataLoader workers, and
+``--resume`` exact, without worker RNG state to save.
 
 An item is ``(image, label)``: a float32 ``(3, H, W)`` RGB tensor normalised as ``(x/255 - 0.5)/0.5`` and the
 int64 class index. Each DataLoader worker opens its own record-file handle (the reader re-opens lazily per pid).
@@ -11,8 +13,9 @@ int64 class index. Each DataLoader worker opens its own record-file handle (the 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -42,6 +45,10 @@ class FaceDataset(Dataset):
     labels: np.ndarray
     num_classes: int
     source: str
+    #: ``augment(rgb, seed) -> rgb``, set by the trainer for ``--augment``; None: no augmentation.
+    augment: Callable[[np.ndarray, int], np.ndarray] | None = None
+    #: Also return the un-augmented image (same flip) as a third item: the teacher's view for distillation.
+    clean_view: bool = False
 
     def load_rgb(self, index: int) -> np.ndarray:
         raise NotImplementedError
@@ -49,9 +56,17 @@ class FaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, int]:
-        index, flip = item if isinstance(item, tuple) else (item, False)
-        return to_input(self.load_rgb(int(index)), bool(flip)), int(self.labels[index])
+    def __getitem__(self, item: int | tuple[int, bool] | tuple[int, bool, int]) -> tuple[Any, ...]:
+        """``(image, label)``, or ``(image, label, clean image)`` with :attr:`clean_view`."""
+        index, flip, *seed = item if isinstance(item, tuple) else (item, False)
+        rgb = clean = self.load_rgb(int(index))
+        if self.augment is not None and seed:
+            if (rgb.shape[1], rgb.shape[0]) != INPUT_SIZE:
+                rgb = clean = cv2.resize(rgb, INPUT_SIZE, interpolation=cv2.INTER_AREA)
+            rgb = self.augment(rgb, int(seed[0]))
+        if self.clean_view:
+            return to_input(rgb, bool(flip)), int(self.labels[index]), to_input(clean, bool(flip))
+        return to_input(rgb, bool(flip)), int(self.labels[index])
 
 
 class ImageFolderDataset(FaceDataset):
@@ -130,8 +145,10 @@ def open_dataset(path: str | os.PathLike) -> FaceDataset:
     raise UsageError(f"training data not found: {path} (give a .rec file, its folder, or an image folder)")
 
 
-def collate(items: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack images and labels (the default collate, without its type dispatch)."""
-    images = torch.stack([x for x, _ in items])
-    labels = torch.tensor([y for _, y in items], dtype=torch.long)
+def collate(items: Sequence[tuple[Any, ...]]) -> tuple[torch.Tensor, ...]:
+    """Stack images and labels (and clean views, when items carry them): the default collate without its dispatch."""
+    images = torch.stack([item[0] for item in items])
+    labels = torch.tensor([item[1] for item in items], dtype=torch.long)
+    if len(items[0]) > 2:
+        return images, labels, torch.stack([item[2] for item in items])
     return images, labels

@@ -46,13 +46,19 @@ class MetricsFile(Callback):
         self.rows: list[dict[str, Any]] = []
 
     def on_train_start(self, trainer: "Trainer") -> None:
+        """Rows of a resumed run up to its step; for a new run with validation, a step-0 row (before training)."""
         if trainer.is_main and self.path.is_file() and trainer.step > 0:
             with open(self.path, newline="", encoding="utf-8") as fh:
                 self.rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= trainer.step]
+        if trainer.is_main and trainer.step == 0 and trainer.initial_accuracy:
+            self._write({"step": 0, "epoch": 0.0, **{f"val_{k}": v for k, v in trainer.initial_accuracy.items()}})
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         if not trainer.is_main or not metrics.get("logged"):
             return
+        self._write(metrics)
+
+    def _write(self, metrics: dict[str, Any]) -> None:
         self.rows.append({k: _fmt(metrics.get(k)) for k in self.columns})
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
@@ -105,21 +111,28 @@ class Verification(Callback):
     embeddings summed before L2 normalisation (facecli's ``eval.verify`` with ``embeddings_flip``).
     """
 
-    def __init__(self, bins: list[str], every: int, batch_size: int) -> None:
+    def __init__(self, bins: list[str], every: int, batch_size: int,
+                 extra: dict[str, tuple[list, np.ndarray]] | None = None) -> None:
+        """``bins``: ``.bin`` files; ``extra``: more sets by name, as (images: encoded bytes or RGB arrays, issame)."""
         from facecli.data.benchmarks import load_bin
 
         self.sets = {Path(b).stem: load_bin(b) for b in bins}
+        self.sets.update(extra or {})
         self.every = every
         self.batch_size = batch_size
         self.best = -1.0
         self.last: dict[str, float] = {}
 
     @staticmethod
-    def names(bins: list[str]) -> list[str]:
-        return [Path(b).stem for b in bins]
+    def names(bins: list[str], extra: list[str] | None = None) -> list[str]:
+        return [Path(b).stem for b in bins] + list(extra or [])
 
     def on_train_start(self, trainer: "Trainer") -> None:
+        """At step 0, the accuracy before training: what a fine-tuned model has to beat."""
         self.best = float(trainer.resumed.get("best_accuracy", -1.0))
+        if trainer.step == 0 and trainer.is_main:
+            for name, (images, issame) in self.sets.items():
+                trainer.initial_accuracy[name] = self.evaluate(trainer, images, issame)
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
         final = trainer.step >= trainer.total_steps
@@ -139,7 +152,7 @@ class Verification(Callback):
             trainer.save_backbone_file("best.pt", {"val_accuracy": dict(self.last), "step": trainer.step})
 
     @torch.no_grad()
-    def evaluate(self, trainer: "Trainer", images: list[bytes], issame: np.ndarray) -> float:
+    def evaluate(self, trainer: "Trainer", images: list, issame: np.ndarray) -> float:
         from facecli.data.datasets import to_input
         from facecli.eval import verify
         from facecli.imageio import decode_image
@@ -150,7 +163,7 @@ class Verification(Callback):
         plain, flipped = [], []
         started = time.perf_counter()
         for lo in range(0, len(images), self.batch_size):
-            rgb = [decode_image(b) for b in images[lo : lo + self.batch_size]]
+            rgb = [b if isinstance(b, np.ndarray) else decode_image(b) for b in images[lo : lo + self.batch_size]]
             x = torch.stack([to_input(im) for im in rgb]).to(trainer.device)
             with trainer.autocast():
                 plain.append(backbone(x).float().cpu())
@@ -158,6 +171,6 @@ class Verification(Callback):
         backbone.train(was_training)
         result = verify(torch.cat(plain).numpy(), np.asarray(issame, dtype=bool),
                         embeddings_flip=torch.cat(flipped).numpy(), nfolds=10)
-        trainer.detail(f"verification on {len(issame)} pairs: {result.accuracy:.4f} "
+        trainer.detail(f"step {trainer.step}: verification on {len(issame)} pairs: {result.accuracy:.4f} "
                        f"({time.perf_counter() - started:.1f}s)")
         return float(result.accuracy)

@@ -27,6 +27,8 @@ class DataConfig:
     workers: int = 2
     flip: bool = True
     val: list[str] = field(default_factory=list)
+    #: Fraction of the identities held out of training for validation pairs (facecli.train.heldout); 0 = none.
+    val_split: float = 0.0
     val_every: int = 500
     val_batch_size: int = 64
 
@@ -40,8 +42,20 @@ class ModelConfig:
     neck: str = ""
     neck_options: dict[str, Any] = field(default_factory=dict)
     init: str = ""
+    #: ``--init MODEL.onnx``: the network's own input normalisation (0–255 units, R, G, B) and colour order;
+    #: empty = from the file (facecli metadata, else insightface's rule), as ``facecli eval`` decides.
+    init_mean: list[float] = field(default_factory=list)
+    init_std: list[float] = field(default_factory=list)
+    init_color: str = ""
     freeze_backbone_steps: int = 0
     backbone_lr_scale: float = 1.0
+    #: Fraction of the backbone's parameters, counted from the embedding end, that train (1 = all).
+    unfreeze: float = 1.0
+    #: "train": BatchNorm layers use and update batch statistics; "frozen": they keep their running statistics.
+    batchnorm: str = "train"
+    #: Weight of the distillation loss 1 - cos(embedding of the augmented image, the initial backbone's embedding
+    #: of the clean image); 0 = off. Needs --init.
+    distill: float = 0.0
 
 
 @dataclass
@@ -81,6 +95,23 @@ class ScheduleConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """``--augment lowres,crop,photometric,grayscale`` and each one's probability and options (facecli.data.augment)."""
+
+    names: list[str] = field(default_factory=list)
+    lowres_p: float = 0.5
+    lowres_min: int = 12
+    lowres_max: int = 32
+    crop_p: float = 0.5
+    crop_scale: float = 0.8
+    photometric_p: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    grayscale_p: float = 0.2
+
+
+@dataclass
 class TrainConfig:
     out: str = ""
     batch_size: int = 32
@@ -102,6 +133,7 @@ class TrainConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,6 +144,8 @@ CHOICES = {
     "nonfinite": ("stop", "skip"),
     "optim.name": ("sgd", "adamw"),
     "schedule.name": ("poly", "cosine", "step", "constant"),
+    "model.batchnorm": ("train", "frozen"),
+    "model.init_color": ("", "RGB", "BGR"),
 }
 
 
@@ -225,9 +259,11 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
 def build_config(*layers: dict[str, Any]) -> TrainConfig:
     """Merge flat or nested layers (later wins) onto the defaults, validate, and return the config."""
     cfg = TrainConfig()
+    given: set[str] = set()
     sections = {name for name, typ in _field_types(TrainConfig).items() if dataclasses.is_dataclass(typ)}
     for layer in layers:
         for key, value in flatten(layer).items():
+            given.add(key)
             section, _, leaf = key.partition(".")
             if section in sections and leaf:
                 target = getattr(cfg, section)
@@ -245,6 +281,10 @@ def build_config(*layers: dict[str, Any]) -> TrainConfig:
                 setattr(cfg, key, _coerce(key, value, _field_types(TrainConfig)[key]))
             else:
                 raise UsageError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+    if cfg.model.init:
+        from facecli.train.finetune import apply_finetune_defaults
+
+        apply_finetune_defaults(cfg, given)
     validate(cfg)
     return cfg
 
@@ -267,6 +307,22 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError("set steps or epochs to a positive number")
     if cfg.optim.lr <= 0:
         raise UsageError(f"optim.lr must be positive, got {cfg.optim.lr}")
+    if not 0.0 <= cfg.data.val_split < 1.0:
+        raise UsageError(f"data.val_split must be a fraction of the identities in [0, 1), got {cfg.data.val_split}")
+    if cfg.model.distill < 0:
+        raise UsageError(f"model.distill must not be negative, got {cfg.model.distill}")
+    if cfg.model.distill > 0 and not cfg.model.init:
+        raise UsageError("model.distill needs a pretrained teacher: give --init")
+    if not 0.0 < cfg.model.unfreeze <= 1.0:
+        raise UsageError(f"model.unfreeze must be a fraction in (0, 1], got {cfg.model.unfreeze}")
+    for key in ("init_mean", "init_std"):
+        if len(getattr(cfg.model, key)) not in (0, 3):
+            raise UsageError(f"model.{key} needs 3 values (R, G, B), got {getattr(cfg.model, key)}")
+    if any(v == 0 for v in cfg.model.init_std):
+        raise UsageError("model.init_std (--std) must not be zero")
+    from facecli.data.augment import check_augment
+
+    check_augment(cfg.augment)
 
 
 #: What ``--resume`` may change: how long the run goes on and how it is watched, never what a step computes.

@@ -5,12 +5,14 @@ through ``blobFromImages(..., swapRB=True)`` with mean = std = 127.5 when the gr
 nodes — exactly facecli's RGB ``(x - 127.5) / 127.5`` input, so the normalisation stays outside the graph.
 The preprocessing and model are recorded in ``metadata_props`` (``facecli.color``, ``facecli.mean``,
 ``facecli.std``, ``facecli.embedding_size``, ``facecli.architecture``, ``facecli.input_size``) so that no reader
-has to assume them, with the training head (``facecli.head``) and, for MagFace/AdaFace models whose embedding norm
+has to assume them, with the backbone options (``facecli.backbone_options``, JSON), the training head
+(``facecli.head``) and, for MagFace/AdaFace models whose embedding norm
 is a face-quality score, ``facecli.quality = feature-norm``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -41,6 +43,8 @@ def metadata(info: dict[str, Any]) -> dict[str, str]:
         "facecli.architecture": str(info["architecture"]),
         "facecli.input_size": ",".join(str(int(v)) for v in info["input_size"]),
         **({"facecli.head": str(info["head"])} if info.get("head") else {}),
+        **({"facecli.backbone_options": json.dumps(info["backbone_options"])}
+           if info.get("backbone_options") and info["architecture"] != "onnx" else {}),
         **({"facecli.quality": str(info["quality"])} if info.get("quality") else {}),
     }
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from facecli.errors import UsageError
 from facecli.nn.classifier import FullClassifier
 from facecli.nn.heads import EmbeddingLoss, MarginHead, build_head
 from facecli.nn.inference import QUALITY_FEATURE_NORM, backbone_state, build_backbone, model_info, read_weights
+from facecli.nn.onnx_import import import_onnx, is_onnx
 from facecli.nn.partial_fc import PartialFC
 from facecli.train.config import TrainConfig
 
@@ -38,7 +40,10 @@ class FaceModel(nn.Module):
         self.aux = aux
         self.aux_weight = float(aux_weight)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, freeze_backbone: bool = False) -> StepOutput:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, freeze_backbone: bool = False,
+                teacher: torch.Tensor | None = None, distill_weight: float = 0.0) -> StepOutput:
+        """The step's loss; ``teacher`` (the initial backbone's embeddings of the clean images) adds
+        ``distill_weight`` x mean(1 - cos(embedding, teacher))."""
         if freeze_backbone:
             with torch.no_grad():
                 embeddings = self.backbone(images)
@@ -59,6 +64,8 @@ class FaceModel(nn.Module):
             extreme = logits.detach().abs().max()
         if self.aux is not None:
             loss = loss + self.aux_weight * self.aux(embeddings.float(), labels)
+        if teacher is not None and not freeze_backbone:
+            loss = loss + distill_weight * (1 - F.cosine_similarity(embeddings.float(), teacher.float())).mean()
         neck_loss = getattr(self.backbone, "auxiliary_loss", None)  # e.g. GroupFace's group-decision loss
         if callable(neck_loss) and not freeze_backbone:
             extra = neck_loss()
@@ -81,6 +88,15 @@ def load_init_backbone(backbone: nn.Module, path: str, info: dict[str, Any]) -> 
         raise UsageError(f"--init {path} does not fit the backbone: {str(exc).splitlines()[0]}") from None
 
 
+def init_from_onnx(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """``--init MODEL.onnx``: the imported network (architecture and embedding size come from the file)."""
+    m = cfg.model
+    if m.neck:
+        raise UsageError("model.neck cannot wrap a backbone imported from ONNX")
+    bgr = {"": None, "RGB": False, "BGR": True}[m.init_color]
+    return import_onnx(m.init, mean=m.init_mean or None, std=m.init_std or None, bgr=bgr)
+
+
 def head_info(name: str, head: nn.Module) -> dict[str, str]:
     """What the exported model inherits from its training head: the name, and ``quality: feature-norm`` when the
     head makes the raw embedding norm a face-quality score (MagFace, AdaFace), so readers need not guess."""
@@ -93,14 +109,19 @@ def head_info(name: str, head: nn.Module) -> dict[str, str]:
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[FaceModel, dict[str, Any]]:
     """The training model for ``cfg`` and the backbone's info (stored in checkpoints and exports)."""
     m = cfg.model
-    info = model_info(m.backbone, m.embedding_size, m.neck or None, m.neck_options, m.backbone_options)
-    try:
-        backbone = build_backbone(info, dropout=m.dropout)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"backbone {m.backbone}: {exc}") from None
-    if m.init:
-        load_init_backbone(backbone, m.init, info)
-    head = _build_head(cfg.head.name, num_classes, m.embedding_size, cfg.head.options)
+    if m.init and is_onnx(m.init):
+        backbone, info = init_from_onnx(cfg)
+        embedding_size = int(info["embedding_size"])
+    else:
+        embedding_size = m.embedding_size
+        info = model_info(m.backbone, m.embedding_size, m.neck or None, m.neck_options, m.backbone_options)
+        try:
+            backbone = build_backbone(info, dropout=m.dropout)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"backbone {m.backbone}: {exc}") from None
+        if m.init:
+            load_init_backbone(backbone, m.init, info)
+    head = _build_head(cfg.head.name, num_classes, embedding_size, cfg.head.options)
     info.update(head_info(cfg.head.name, head))
     classifier: nn.Module | None = None
     if isinstance(head, MarginHead):
@@ -109,9 +130,9 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[FaceModel, dict[str
             if head.partial_fc_incompatible:
                 raise UsageError(
                     f"--partial-fc cannot be used with head {cfg.head.name}: {head.partial_fc_incompatible}")
-            classifier = PartialFC(num_classes, m.embedding_size, cfg.head.partial_fc, subcenters, seed=cfg.seed)
+            classifier = PartialFC(num_classes, embedding_size, cfg.head.partial_fc, subcenters, seed=cfg.seed)
         else:
-            classifier = FullClassifier(num_classes, m.embedding_size, subcenters, seed=cfg.seed)
+            classifier = FullClassifier(num_classes, embedding_size, subcenters, seed=cfg.seed)
     elif isinstance(head, EmbeddingLoss):
         if head.kind == "auxiliary":
             raise UsageError(f"{cfg.head.name} is an auxiliary loss: add it to a margin head with "
@@ -122,7 +143,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[FaceModel, dict[str
         raise UsageError(f"{cfg.head.name} is not a margin head or an embedding loss")
     aux = None
     if cfg.head.aux:
-        aux = _build_head(cfg.head.aux, num_classes, m.embedding_size, cfg.head.aux_options)
+        aux = _build_head(cfg.head.aux, num_classes, embedding_size, cfg.head.aux_options)
         if isinstance(aux, MarginHead):
             raise UsageError(f"head.aux={cfg.head.aux} is a margin head; an auxiliary loss works on embeddings")
     return FaceModel(backbone, head, classifier, aux, cfg.head.aux_weight), info

@@ -9,6 +9,7 @@ step or saved in the checkpoint, which is what makes ``--resume`` continue bit f
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from facecli.data.augment import Augmenter
 from facecli.data.datasets import FaceDataset, collate, open_dataset
 from facecli.errors import FacecliError, UsageError
 from facecli.fileio import atomic_write_text
@@ -29,11 +31,15 @@ from facecli.nn.partial_fc import PartialFC
 from facecli.train import acceleration, checkpoint
 from facecli.train.callbacks import Callback, MetricsFile, TensorBoard, Verification
 from facecli.train.config import TrainConfig, build_config, check_resume_changes, read_config_file, to_toml
+from facecli.train.finetune import freeze_batchnorm, unfreeze_last
+from facecli.train.heldout import split_people
 from facecli.train.model import FaceModel, build_model
 from facecli.train.sampling import EpochPlan, ResumableBatchSampler
 from facecli.train.schedule import lr_factor
 
 CONFIG_FILE = "config.toml"
+#: The validation set name (metrics column ``val_heldout_people``) of ``data.val_split``.
+HELDOUT = "heldout_people"
 
 
 class NonFiniteError(FacecliError):
@@ -104,6 +110,8 @@ class Trainer:
         self.best_accuracy = -1.0
         self.resumed: dict[str, Any] = {}
         self.skipped_batches = 0
+        #: Validation accuracy per ``--val`` set before the first step (filled by the Verification callback).
+        self.initial_accuracy: dict[str, float] = {}
 
     # -- small services for callbacks -------------------------------------------------------------------------
     def warn(self, message: str) -> None:
@@ -131,18 +139,34 @@ class Trainer:
         acceleration.check_precision(cfg.amp, self.device)
         acceleration.tune_device(self.device)
         self.dataset: FaceDataset = open_dataset(cfg.data.path)
+        heldout: dict[str, tuple[list, Any]] = {}
+        if cfg.data.val_split > 0:
+            self.dataset, heldout[HELDOUT] = split_people(self.dataset, cfg.data.val_split, cfg.seed)
+            self.detail(f"held out {cfg.data.val_split:g} of the people: {len(heldout[HELDOUT][1])} validation pairs; "
+                        f"training on {self.dataset.num_classes} people, {len(self.dataset)} photos")
         identities = len(set(self.dataset.labels.tolist()))
         if identities < 2:  # softmax over one class: loss 0 from the first step, nothing is learned
-            raise UsageError(f"{cfg.data.path} holds {identities} identity; training a face model needs at least 2 "
-                             "(every loss here compares identities)")
+            raise UsageError(f"{cfg.data.path} holds {identities} identity to train on; training a face model needs "
+                             "at least 2 (every loss here compares identities)")
         torch.manual_seed(cfg.seed)
+        if cfg.augment.names:
+            self.dataset.augment = Augmenter(cfg.augment)
+        self.dataset.clean_view = cfg.model.distill > 0
         model, self.info = build_model(cfg, self.dataset.num_classes)
+        # distillation's teacher: the initial backbone, frozen (rebuilt from --init on resume, never saved)
+        self.teacher = copy.deepcopy(model.backbone).eval().requires_grad_(False) if cfg.model.distill > 0 else None
+        trainable, total = unfreeze_last(model.backbone, cfg.model.unfreeze)
+        if trainable < total:
+            self.detail(f"training the last {trainable:,} of the backbone's {total:,} parameters "
+                        f"(model.unfreeze={cfg.model.unfreeze:g})")
         self.model: FaceModel = model.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
         self.pk = int(getattr(self.model.head, "samples_per_identity", 0)) if isinstance(
             self.model.head, EmbeddingLoss) else 0
         try:
             self.plan = EpochPlan(self.dataset.labels, cfg.batch_size, self.world_size, self.rank, cfg.seed,
-                                  cfg.data.flip, pk=self.pk)
+                                  cfg.data.flip, pk=self.pk, augment=bool(cfg.augment.names))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         micro_per_epoch = self.plan.batches_per_epoch
@@ -167,9 +191,9 @@ class Trainer:
             )
         self._prepare_run_dir()
         self.callbacks: list[Callback] = []
-        if cfg.data.val:
-            self.callbacks.append(Verification(cfg.data.val, cfg.data.val_every, cfg.data.val_batch_size))
-        self.callbacks.append(MetricsFile(self.run_dir / "metrics.csv", Verification.names(cfg.data.val)))
+        if cfg.data.val or heldout:
+            self.callbacks.append(Verification(cfg.data.val, cfg.data.val_every, cfg.data.val_batch_size, heldout))
+        self.callbacks.append(MetricsFile(self.run_dir / "metrics.csv", Verification.names(cfg.data.val, list(heldout))))
         if cfg.tensorboard:
             self.callbacks.append(TensorBoard(self.run_dir / "tensorboard"))
         self.callbacks += self.extra_callbacks
@@ -265,7 +289,7 @@ class Trainer:
         self.resumed = {"step": self.step, "best_accuracy": self.best_accuracy}
 
     # -- the loop -----------------------------------------------------------------------------------------------
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         sampler = ResumableBatchSampler(self.plan, start=self.step * self.cfg.optim.accumulate)
         workers = self.cfg.data.workers
         loader = torch.utils.data.DataLoader(
@@ -327,6 +351,7 @@ class Trainer:
             "elapsed_s": elapsed, "world_size": self.world_size, "num_classes": self.dataset.num_classes,
             "num_images": len(self.dataset), "skipped_batches": self.skipped_batches,
             "best_accuracy": self.best_accuracy if self.best_accuracy >= 0 else None,
+            "initial_accuracy": dict(self.initial_accuracy) or None,
             "model": str(self.run_dir / "model.pt"), "checkpoint": str(self.run_dir / checkpoint.CHECKPOINT),
         }
         for cb in self.callbacks:
@@ -341,6 +366,8 @@ class Trainer:
         self.model.train()
         if freeze:
             self.model.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics too
+        elif cfg.model.batchnorm == "frozen":
+            freeze_batchnorm(self.model.backbone)
         self.optimizer.zero_grad(set_to_none=True)
         if self.aux_optimizer is not None:
             self.aux_optimizer.zero_grad(set_to_none=True)
@@ -349,14 +376,18 @@ class Trainer:
         rng_before = checkpoint.rng_state()  # dropout and heads draw from it: "the state before" includes it
         losses, extremes = [], []
         for micro in range(accumulate):
-            images, labels = next(batches)
+            images, labels, *clean = next(batches)
             images = acceleration.input_batch(images, self.device, cfg.channels_last)
             labels = labels.to(self.device, non_blocking=True)
+            teacher = None
+            if self.teacher is not None and not freeze:
+                with torch.no_grad(), self.autocast():
+                    teacher = self.teacher(acceleration.input_batch(clean[0], self.device, cfg.channels_last))
             sync = micro == accumulate - 1 or self.world_size == 1
             ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
             with ctx:
                 with self.autocast():
-                    out = self.ddp_model(images, labels, freeze)
+                    out = self.ddp_model(images, labels, freeze, teacher, cfg.model.distill)
                 self.scaler.scale(out.loss.float() / accumulate).backward()
             losses.append(out.loss.detach().float())
             extremes.append(out.max_logit.float())
