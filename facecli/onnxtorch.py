@@ -366,7 +366,6 @@ class OnnxGraph(nn.Module):
 
     def __init__(self, spec: dict[str, Any], trainable: Collection[str] = ()) -> None:
         super().__init__()
-        self.spec = spec
         self.nodes: list[Node] = spec["nodes"]
         self.inputs: list[str] = spec["inputs"]
         self.outputs: list[str] = spec["outputs"]
