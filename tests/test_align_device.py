@@ -90,12 +90,51 @@ def test_importer_matches_onnxruntime_on_ops_mtcnn_does_not_use():
     model.ir_version = 8
     x = rng.normal(size=(2, 3, 11, 9)).astype(np.float32)
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    (got,) = load_onnx_module(model)(torch.from_numpy(x))
+    module = load_onnx_module(model)
+    assert not list(module.parameters()) and len(list(module.buffers())) == len(weights)  # frozen: all buffers
+    (got,) = module(torch.from_numpy(x))
     np.testing.assert_allclose(got.numpy(), expected[0], rtol=1e-5, atol=1e-6)
 
-    model.graph.node.append(helper.make_node("Sigmoid", ["prob"], ["s"]))
-    with pytest.raises(ValueError, match="Sigmoid"):
+    model.graph.node.extend([helper.make_node("Erf", ["prob"], ["e"]), helper.make_node("Resize", ["e"], ["s"])])
+    with pytest.raises(UsageError, match=r"^ONNX graph: cannot import ONNX operator\(s\) Erf, Resize \(supported: "):
         load_onnx_module(model)
+
+
+def test_importer_follows_onnx_semantics_at_the_graph_opset():
+    """Opset 11: Softmax over everything from its axis on, Unsqueeze axes as an attribute (negative: in the output's
+    rank); SAME_LOWER Conv, dilated Conv and MaxPool with asymmetric pads, 2-D Flatten at axis 2, Reshape's 0,
+    negative Gather indices."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from facecli.onnxtorch import load_onnx_module
+
+    rng = np.random.default_rng(1)
+    weights = {"w": rng.normal(size=(4, 3, 3, 2)).astype(np.float32), "v": rng.normal(size=(4, 4, 2, 2)).astype(
+        np.float32), "shape": np.array([0, 4, -1], dtype=np.int64), "index": np.array([-1, 0], dtype=np.int64)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c0"], auto_pad="SAME_LOWER", strides=[2, 1]),
+        helper.make_node("Conv", ["c0", "v"], ["c"], dilations=[2, 1], pads=[1, 1, 0, 1]),
+        helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], dilations=[1, 2], pads=[0, 1, 1, 0]),
+        helper.make_node("Softmax", ["p"], ["soft"], axis=1),
+        helper.make_node("Flatten", ["soft"], ["flat"], axis=2),
+        helper.make_node("Reshape", ["p", "shape"], ["r"]),
+        helper.make_node("Gather", ["r", "index"], ["g"], axis=2),
+        helper.make_node("Unsqueeze", ["g"], ["u"], axes=[-1, 0]),
+    ]
+    graph = helper.make_graph(
+        nodes, "test", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 11, 9])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("flat", "u")],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    x = rng.normal(size=(2, 3, 11, 9)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = load_onnx_module(model)(torch.from_numpy(x))
+    assert [tuple(t.shape) for t in got] == [e.shape for e in expected]
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-6)
 
 
 def test_device_choice(monkeypatch):

@@ -24,7 +24,7 @@ from facecli.nn.inference import build_backbone, model_info
 
 #: Operators a graph of facecli's architectures consists of (anything else: not one of them).
 ARCHITECTURE_OPS = {"Conv", "BatchNormalization", "PRelu", "Add", "Flatten", "Reshape", "Shape", "Gather",
-                    "Unsqueeze", "Concat", "Gemm", "MatMul", "Identity", "Dropout", "Constant", "Cast"}
+                    "Unsqueeze", "Concat", "Gemm", "MatMul", "Identity", "Dropout", "Cast"}
 #: arcface_torch's MobileFaceNets: (blocks, width scale).
 MOBILEFACENETS = {"mobilefacenet": ((1, 4, 6, 2), 2), "mobilefacenet-large": ((2, 8, 12, 4), 4)}
 
@@ -134,8 +134,9 @@ def map_weights(model: nn.Module, nodes: list[dict], values: dict[str, np.ndarra
 
 def load_facecli_backbone(spec: dict[str, Any], state: dict[str, torch.Tensor], meta: dict[str, str],
                           embedding_size: int) -> tuple[nn.Module, dict[str, Any]] | None:
-    """A facecli backbone computing the graph ``spec`` (weights in ``state``, as ``graph_spec`` returns them), or
-    None when the graph is not one of facecli's architectures."""
+    """A facecli backbone computing the graph ``spec`` (weights in ``state``, as
+    :func:`facecli.onnxtorch.graph_spec` returns them), or None when the graph is not one of facecli's
+    architectures."""
     ops = [node["op"] for node in spec["nodes"]]
     if not set(ops) <= ARCHITECTURE_OPS or "Conv" not in ops:
         return None
@@ -145,7 +146,7 @@ def load_facecli_backbone(spec: dict[str, Any], state: dict[str, torch.Tensor], 
             values[node["outputs"][0]] = values[node["inputs"][0]]
     first = next(node for node in spec["nodes"] if node["op"] == "Conv")
     first_weight = values.get(first["inputs"][1])
-    if first["inputs"][0] != spec["input"] or first_weight is None:
+    if first["inputs"][0] != spec["inputs"][0] or first_weight is None:
         return None  # something (e.g. a normalisation) runs before the first convolution
     for name, options in candidates(ops, int(first_weight.shape[0]), meta):
         info = model_info(name, embedding_size, backbone_options=options or None)

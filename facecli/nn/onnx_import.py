@@ -1,10 +1,9 @@
 """``--init MODEL.onnx``: turn an ONNX recognition network into a trainable PyTorch backbone.
 
 The pretrained face models people have are ONNX files (insightface's model packs are published only as ONNX), so
-fine-tuning has to start from one. The importer reads the graph with ``onnx`` (no converter package: onnx2torch
-pulls in torchvision and still leaves a batch-1 reshape in the network), checks every operator is one facecli can
-run (one error naming all the others), and describes the graph as a *spec* of plain values that
-``facecli.nn.backbones.onnx_graph`` rebuilds as an ``nn.Module``. What the importer handles:
+fine-tuning has to start from one. :mod:`facecli.onnxtorch` reads the graph (every operator one facecli can run,
+one error naming all the others) into a *spec* of plain values that the ``onnx`` backbone
+(``facecli.nn.backbones.onnx_graph``) rebuilds as a trainable ``nn.Module``. What the importer handles:
 
 - folded BatchNorm (a Conv with a bias) and BatchNormalization nodes (their statistics become fixed buffers);
 - a batch size fixed in the file (``[1, 3, 112, 112]`` and a ``Reshape`` to ``[1, -1]``): reshapes to
@@ -30,8 +29,9 @@ import torch
 from torch import nn
 
 from facecli.errors import CorruptFileError, FacecliError, UsageError
-from facecli.nn.backbones.onnx_graph import OPS, PARAMETER_INPUTS, ImportedBackbone
+from facecli.nn.backbones.onnx_graph import ImportedBackbone
 from facecli.nn.inference import model_info
+from facecli.onnxtorch import graph_spec
 
 #: The input size of every facecli training pipeline.
 INPUT_SIZE = 112
@@ -43,58 +43,16 @@ def is_onnx(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
-def _attribute(attr: Any) -> Any:
-    from onnx import helper
-
-    value = helper.get_attribute_value(attr)
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [v.decode() if isinstance(v, bytes) else v for v in value]
-    return value
-
-
-def graph_spec(proto: Any, path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The spec (plain values) and the state dict (``t0``, ``t1``, ... as ``OnnxGraph`` names them) of a graph."""
-    from onnx import numpy_helper
-
-    graph = proto.graph
-    unsupported = sorted({n.op_type for n in graph.node if n.op_type not in OPS and n.op_type != "Constant"})
-    if unsupported:
-        raise UsageError(f"{path}: cannot import ONNX operator(s) {', '.join(unsupported)} "
-                         f"(supported: {', '.join(sorted(OPS))})")
-    values: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    nodes = []
-    for node in graph.node:
-        if node.op_type == "Constant":
-            attr = node.attribute[0]
-            if attr.name != "value":
-                raise UsageError(f"{path}: cannot import a Constant given by {attr.name!r}")
-            values[node.output[0]] = numpy_helper.to_array(attr.t)
-            continue
-        nodes.append({"op": node.op_type, "inputs": list(node.input), "outputs": list(node.output),
-                      "attrs": {a.name: _attribute(a) for a in node.attribute}})
-    trainable = {node["inputs"][i] for node in nodes for i in PARAMETER_INPUTS.get(node["op"], ())
-                 if i < len(node["inputs"]) and node["inputs"][i] in values
-                 and values[node["inputs"][i]].dtype.kind == "f"}
-    used = {name for node in nodes for name in node["inputs"]}
-    tensors: list[dict[str, Any]] = []
-    state: dict[str, torch.Tensor] = {}
-    for name, array in values.items():
-        if name not in used:
-            continue
-        array = array.astype(np.float32 if array.dtype.kind == "f" else np.int64)  # a copy; keeps 0-d scalars
-        state[f"t{len(tensors)}"] = torch.from_numpy(array)
-        tensors.append({"name": name, "shape": list(array.shape), "dtype": str(array.dtype),
-                        "trainable": name in trainable})
-    inputs = [i for i in graph.input if i.name not in values]
-    if len(inputs) != 1:
-        raise UsageError(f"{path}: expected one image input, found {len(inputs)}")
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim]
+def recognition_spec(proto: Any, path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The graph spec and state dict (:func:`facecli.onnxtorch.graph_spec`) of a network that takes one batch of
+    ``INPUT_SIZE`` faces, as every facecli training pipeline feeds."""
+    spec, state = graph_spec(proto, str(path))
+    if len(spec["inputs"]) != 1:
+        raise UsageError(f"{path}: expected one image input, found {len(spec['inputs'])}")
+    image = next(i for i in proto.graph.input if i.name == spec["inputs"][0])
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in image.type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] != 3 or dims[2:] != [INPUT_SIZE, INPUT_SIZE]:
         raise UsageError(f"{path}: expected an input of shape (N, 3, {INPUT_SIZE}, {INPUT_SIZE}), found {dims}")
-    spec = {"nodes": nodes, "tensors": tensors, "input": inputs[0].name, "output": graph.output[0].name,
-            "fixed_batch": dims[0]}
     return spec, state
 
 
@@ -134,7 +92,7 @@ def import_onnx(path: str | os.PathLike, mean: Sequence[float] | None = None, st
         proto = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - protobuf errors of every kind mean the same to the user
         raise CorruptFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    spec, state = graph_spec(proto, path)
+    spec, state = recognition_spec(proto, path)
     net_mean, net_std, net_bgr = preprocessing(proto, mean, std, bgr)
     options = {"graph": spec, "mean": list(net_mean), "std": list(net_std), "bgr": net_bgr}
     backbone = ImportedBackbone(spec, net_mean, net_std, net_bgr)

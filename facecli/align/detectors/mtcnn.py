@@ -122,7 +122,8 @@ class TorchSession:
         from facecli.onnxtorch import load_onnx_module
 
         self.device = torch.device(device)
-        self.module = load_onnx_module(_prepare_graph(path, "float32", for_onnxruntime_cpu=False)).to(self.device)
+        self.module = load_onnx_module(_prepare_graph(path, "float32", for_onnxruntime_cpu=False), path.name)
+        self.module.to(self.device)
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The named outputs for ``feeds["pixels"]``, in float32 arithmetic: TensorFloat-32 (cuDNN's default for
