@@ -9,7 +9,8 @@ import pytest
 from facecli.errors import CorruptFileError, UsageError
 from facecli.eval import embed, load_model
 from facecli.eval.embed import embed_with_flip
-from facecli.eval.models import OnnxEmbeddingModel, check_normalisation, default_batch_size, parse_channels
+from facecli.eval.models import OnnxEmbeddingModel, default_batch_size
+from facecli.normalisation import check_normalisation, parse_channels
 
 IMAGENET_MEAN = "123.675,116.28,103.53"
 IMAGENET_STD = "58.395,57.12,57.375"

@@ -151,7 +151,8 @@ def eval_command(
     """Evaluate face-recognition models on verification benchmarks (.bin, LFW pairs) and IJB-B/C."""
     from facecli.eval import ijb, report, runner
     from facecli.eval.embed import FLIP_MODES
-    from facecli.eval.models import check_normalisation, load_model, parse_channels
+    from facecli.eval.models import load_model
+    from facecli.normalisation import check_normalisation, parse_channels
 
     ui = UI(json=json_out, verbose=verbose, quiet=quiet)
     flip_mode = "none" if no_flip else (flip or "sum")

@@ -159,7 +159,7 @@ def _default_run_dir(data: str) -> str:
 
 
 def _channels(value: str | None, what: str) -> list[float] | None:
-    from facecli.eval.models import parse_channels
+    from facecli.normalisation import parse_channels
 
     channels = parse_channels(value, what)
     return None if channels is None else list(channels)

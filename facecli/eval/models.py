@@ -17,21 +17,24 @@ given per colour in R, G, B order whatever order the network takes its channels 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from facecli.errors import CorruptFileError, UsageError
 from facecli.fileio import sha256_file
+from facecli.normalisation import (
+    INSIGHTFACE_MEAN,
+    INSIGHTFACE_STD,
+    check_normalisation,
+    onnx_preprocessing,
+    parse_channels,
+)
 from facecli.registry import Registry
-
-INSIGHTFACE_MEAN = 127.5
-INSIGHTFACE_STD = 127.5
-SELF_NORMALISING_PREFIXES = (("Sub", "_minus"), ("Mul", "_mul"))
 
 MODEL_FORMATS: Registry = Registry("model format")
 
@@ -40,44 +43,6 @@ MODEL_FORMATS: Registry = Registry("model format")
 # benchmarks/README.md). Accelerators want large batches to fill the device.
 CPU_BATCH_SIZE = 8
 ACCELERATOR_BATCH_SIZE = 64
-
-
-def parse_channels(value: str | float | Sequence[float] | None, what: str) -> tuple[float, float, float] | None:
-    """``"127.5"`` or ``"123.7,116.3,103.5"`` (or numbers) as three per-channel values; None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            parts = [float(p) for p in value.replace(" ", "").split(",") if p]
-        except ValueError:
-            raise UsageError(f"{what} must be one number or three comma-separated numbers, got {value!r}") from None
-    elif isinstance(value, (int, float)):
-        parts = [float(value)]
-    else:
-        parts = [float(v) for v in value]
-    if len(parts) == 1:
-        parts = parts * 3
-    if len(parts) != 3:
-        raise UsageError(f"{what} needs one value or one per channel (3), got {len(parts)}")
-    if not all(math.isfinite(p) for p in parts):
-        raise UsageError(f"{what} must be finite numbers, got {value!r}")
-    if what == "std" and any(p <= 0 for p in parts):
-        raise UsageError(f"std must be positive (pixel units, e.g. 127.5), got {value!r}")
-    if what == "mean" and any(not 0.0 <= p <= 255.0 for p in parts):
-        raise UsageError(f"mean is in pixel units (0-255, e.g. 127.5), got {value!r}")
-    return (parts[0], parts[1], parts[2])
-
-
-def check_normalisation(mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
-    """Refuse statistics given in 0-1 units: facecli subtracts and divides on 0-255 pixel values.
-
-    ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) or arcface's 0.5 / 0.5 would otherwise be accepted and
-    feed the network values around ±500 instead of ±1: every embedding silently wrong.
-    """
-    if std is not None and max(std) < 1.0 and (mean is None or max(mean) <= 1.0):
-        hint = ", ".join(f"{v * 255:g}" for v in std)
-        raise UsageError(f"std {', '.join(f'{v:g}' for v in std)} looks like statistics of 0-1 pixels; facecli's "
-                         f"--mean/--std are in 0-255 pixel units (std {hint}; mean x255 too)")
 
 
 class EmbeddingModel(ABC):
@@ -183,15 +148,6 @@ class EmbeddingModel(ABC):
         """Network output for a preprocessed NCHW float32 batch of any size."""
 
 
-def insightface_normalisation(graph_nodes: Sequence[Any]) -> tuple[float, float]:
-    """insightface's ArcFaceONNX rule: (0, 1) if the first 8 nodes include Sub and Mul by name, else 127.5."""
-    names = [node.name for node in graph_nodes[:8]]
-    found = [any(n.startswith(prefixes) for n in names) for prefixes in SELF_NORMALISING_PREFIXES]
-    if all(found):
-        return 0.0, 1.0
-    return INSIGHTFACE_MEAN, INSIGHTFACE_STD
-
-
 def device_kind(device: str) -> str:
     """``cpu``, ``cuda`` or ``tensorrt`` from a ``--device`` value such as ``CUDA:1``."""
     return device.split(":")[0].lower()
@@ -274,17 +230,7 @@ def load_onnx(
     except Exception as exc:
         raise CorruptFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     meta = {p.key: p.value for p in proto.metadata_props}
-    found_from = "insightface rule"
-    if "facecli.mean" in meta and "facecli.std" in meta:
-        meta_mean = parse_channels(meta["facecli.mean"], "mean")
-        meta_std = parse_channels(meta["facecli.std"], "std")
-        color = meta.get("facecli.color", "RGB")
-        found_from = "facecli metadata"
-    else:
-        rule_mean, rule_std = insightface_normalisation(proto.graph.node)
-        meta_mean, meta_std, color = (rule_mean,) * 3, (rule_std,) * 3, "RGB"
-        if rule_mean == 0.0:
-            found_from = "insightface rule (graph normalises itself)"
+    meta_mean, meta_std, color, found_from = onnx_preprocessing(proto)
     if mean is not None or std is not None or bgr is not None:
         found_from = "user options"
     providers = _onnx_providers(device)
@@ -317,7 +263,7 @@ def load_onnx(
         declared_batch,
         input_size=shape[2],
         embedding_size=embedding_size,
-        color="BGR" if bgr else (("RGB" if bgr is False else color)),
+        color="BGR" if bgr else ("RGB" if bgr is False else color),
         mean=mean or meta_mean,
         std=std or meta_std,
         preprocessing_from=found_from,

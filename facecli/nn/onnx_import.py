@@ -31,6 +31,7 @@ from torch import nn
 from facecli.errors import CorruptFileError, FacecliError, UsageError
 from facecli.nn.backbones.onnx_graph import ImportedBackbone
 from facecli.nn.inference import model_info
+from facecli.normalisation import onnx_preprocessing
 from facecli.onnxtorch import graph_spec
 
 #: The input size of every facecli training pipeline.
@@ -59,15 +60,8 @@ def recognition_spec(proto: Any, path: Path) -> tuple[dict[str, Any], dict[str, 
 def preprocessing(proto: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
                   bgr: bool | None) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
     """The network's own input normalisation: the user's options, else facecli metadata, else insightface's rule."""
-    from facecli.eval.models import insightface_normalisation, parse_channels
-
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if "facecli.mean" in meta and "facecli.std" in meta:
-        found_mean, found_std = parse_channels(meta["facecli.mean"], "mean"), parse_channels(meta["facecli.std"], "std")
-        found_bgr = meta.get("facecli.color", "RGB").upper() == "BGR"
-    else:
-        rule_mean, rule_std = insightface_normalisation(proto.graph.node)
-        found_mean, found_std, found_bgr = (rule_mean,) * 3, (rule_std,) * 3, False
+    found_mean, found_std, color, _ = onnx_preprocessing(proto)
+    found_bgr = color == "BGR"
     return (tuple(mean or found_mean or ()), tuple(std or found_std or ()),
             found_bgr if bgr is None else bool(bgr))
 
