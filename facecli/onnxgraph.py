@@ -192,7 +192,7 @@ def fill_channel_blocks(graph: Any, block: int = 16) -> int:
 
     cut_after: dict[int, Any] = {}
     widened: set[str] = set()
-    for position, conv in enumerate(graph.node):
+    for conv in graph.node:
         if conv.op_type != "Conv" or _attributes(conv).get("group", 1) != 1:
             continue
         weight = private_constant(conv.input[1])
@@ -320,12 +320,12 @@ def split_pair_groups(graph: Any) -> int:
         count += 1
         prefix = f"{grouped.name or grouped.output[0]}/pair_split"
 
-        def constant(name: str, value: np.ndarray) -> str:
+        def constant(name: str, value: np.ndarray, prefix: str = prefix) -> str:
             tensor = numpy_helper.from_array(np.ascontiguousarray(value, np.float32), f"{prefix}/{name}")
             graph.initializer.append(tensor)
             return tensor.name
 
-        def make_node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
+        def make_node(op: str, inputs: list[str], output: str, prefix: str = prefix, **attributes: Any) -> Any:
             return helper.make_node(op, inputs, [f"{prefix}/{output}"], name=f"{prefix}/{output}", **attributes)
 
         first_attrs = _attributes(first)

@@ -7,12 +7,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from train_support import centre_crops, tiny_config
 
 from facecli.errors import CorruptFileError, UsageError
 from facecli.nn.inference import load_backbone
 from facecli.train.export import read_metadata
 from facecli.train.trainer import Trainer
-from train_support import centre_crops, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import csv
 from pathlib import Path
 
 import pytest
+from train_support import centre_crops, read_pairs_people, tiny_config
 
 from facecli.data.benchmarks import save_bin
 from facecli.train.trainer import Trainer
-from train_support import centre_crops, read_pairs_people, tiny_config
 
 
 def heldout_bin(lfw: Path, faces: Path, dest: Path) -> Path:

@@ -37,8 +37,8 @@ from facecli.align.detectors.base import Face
 from facecli.align.manifest import (
     BOX_COLUMNS,
     LANDMARK_COLUMNS,
-    MATRIX_COLUMNS,
     MANIFEST_NAME,
+    MATRIX_COLUMNS,
     WRITTEN_STATUSES,
     manifest_name,
     read_manifest,

@@ -10,7 +10,6 @@ from typing_extensions import Annotated
 
 from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
 
-
 DataArg = Annotated[Path, typer.Argument(
     help="The training data of the run: an image folder (ROOT/identity/*.jpg) or a .rec.")]
 RunOpt = Annotated[Path, typer.Option("--run", help="A finished `facecli train --head subcenter-arcface` run.")]

@@ -484,7 +484,7 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
             reader = RecordReader(parts[i])
             with open(parts[i].with_name(f"{part_name(name, i, total)}.records.csv"), newline="", encoding="utf-8") as fh:
                 rows = csv.DictReader(fh)
-                for (offset, record), row in zip(reader.scan(), rows):
+                for (_offset, record), row in zip(reader.scan(), rows):
                     header, payload = unpack(record)
                     writer.add(int(header.label), payload, row["identity"], row["path"], row["source"])
                     advance(1)

@@ -28,7 +28,7 @@ from facecli.nn.heads import EmbeddingLoss
 from facecli.nn.partial_fc import PartialFC
 from facecli.train import checkpoint
 from facecli.train.callbacks import Callback, MetricsFile, TensorBoard, Verification
-from facecli.train.config import TrainConfig, read_config_file, build_config, to_toml
+from facecli.train.config import TrainConfig, build_config, read_config_file, to_toml
 from facecli.train.model import FaceModel, build_model
 from facecli.train.sampling import EpochPlan, ResumableBatchSampler
 from facecli.train.schedule import lr_factor
