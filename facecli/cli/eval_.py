@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
 from facecli.errors import UsageError

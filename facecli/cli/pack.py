@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from typer.core import TyperGroup
-from typing_extensions import Annotated
 
 from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
 from facecli.errors import UsageError

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Annotated, Any, List, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
 from facecli.errors import UsageError
