@@ -117,7 +117,7 @@ def decode_image_with_notes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -
     if header is None and bgr.shape[0] * bgr.shape[1] > max_pixels:
         raise ImageReadError("too_large", f"{bgr.shape[1]}x{bgr.shape[0]} pixels exceeds the limit of {max_pixels}")
     if bgr.dtype != np.uint8:  # defensive: IMREAD_COLOR already reduces 16-bit to 8-bit
-        bgr = (bgr >> 8).astype(np.uint8) if bgr.dtype == np.uint16 else bgr.astype(np.uint8)
+        bgr = (bgr // 256).astype(np.uint8) if bgr.dtype == np.uint16 else bgr.astype(np.uint8)
     notes = _conversion_notes(data, header) if header is not None else []
     return LoadedImage(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), notes)
 

@@ -265,9 +265,9 @@ def _report_quality(ui: UI, label: str, quality) -> None:
         )
 
 
-def _model_label(spec: Path, all_specs: list[Path]) -> str:
+def _model_label(spec: Path, all_specs: list[Path] | None) -> str:
     """The model's file name, or its path when two models share a name."""
-    names = [s.name for s in all_specs]
+    names = [s.name for s in all_specs or []]
     return spec.name if names.count(spec.name) == 1 else str(spec)
 
 

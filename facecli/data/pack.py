@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from facecli.data.layouts import Identity, Layout, Sample, Selection
 from facecli.data.payloads import Encoding, prepare_many, probe
-from facecli.data.recordio import IRHeader, RecordReader, RecordWriter, pack, unpack, write_property
+from facecli.data.recordio import RecordReader, RecordWriter, pack, unpack, write_property
 from facecli.errors import UsageError
 from facecli.fileio import atomic_write_text, new_file_mode, sha256_file
 
@@ -82,6 +82,8 @@ class PackPlan:
         """Shard ``index`` of ``count``: a contiguous run of identities holding about 1/count of the images."""
         if not 0 <= index < count:
             raise UsageError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
+        if self.identities is None:
+            raise ValueError("a lazy plan is listed while it is written; only a listed plan can be sharded")
         total = max(self.num_images, 1)
         chosen, before = [], 0
         for planned in self.identities:
@@ -211,10 +213,10 @@ class DatasetWriter:
             counts = self.counts + [0] * (num_classes - len(self.counts))
             for label, count in enumerate(counts):
                 key = first_identity_key + label
-                self.writer.write(key, pack(IRHeader(0, [start, start + count], key, 0), b""))
+                self.writer.write(key, pack((0, [start, start + count], key, 0), b""))  # mx.recordio style: a list label
                 start += count
             end = first_identity_key + num_classes
-            self.writer.write(0, pack(IRHeader(0, [first_identity_key, end], 0, 1), b""))
+            self.writer.write(0, pack((0, [first_identity_key, end], 0, 1), b""))
         self.writer.close()
         self._records_fh.close()
         os.replace(self._records_tmp, self._records_path)

@@ -13,12 +13,15 @@ import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import numpy as np
 
 from facecli.errors import UsageError
 from facecli.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 #: Upper bound on the size of one probe-batch x gallery score matrix (entries), i.e. 256 MB of float32.
 SCORE_BLOCK = 64 * 1024 * 1024
@@ -51,8 +54,8 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if scores.shape[1] >= TORCH_TOPK_MIN_WIDTH:
         import torch
 
-        values, idx = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1)
-        return values.numpy().astype(np.float32), idx.numpy().astype(np.int64)
+        top_values, top_idx = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1)
+        return top_values.numpy().astype(np.float32), top_idx.numpy().astype(np.int64)
     if k < scores.shape[1]:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     else:
@@ -74,7 +77,7 @@ class ExactIndex:
     def __post_init__(self) -> None:
         if self.templates.dtype not in (np.float32, np.float16):
             self.templates = self.templates.astype(np.float32)
-        self._torch_templates = None
+        self._torch_templates: torch.Tensor | None = None
 
     def scores(self, probes: np.ndarray) -> np.ndarray:
         """Cosine of every probe (rows, unit length) with every template: (P, G) float32."""
@@ -122,7 +125,7 @@ class FaissIndex:
             raise UsageError("--index faiss needs the faiss-cpu package: pip install 'facecli[faiss]'") from None
         data = np.ascontiguousarray(templates, dtype=np.float32)
         key = hashlib.sha256(data.tobytes()).hexdigest() + f"|{ivf_above}"
-        self.index = _load_cached(cache, key) if cache is not None else None
+        self.index: Any = _load_cached(cache, key) if cache is not None else None  # faiss is untyped
         if self.index is None:
             if len(data) > ivf_above:
                 cells = int(4 * np.sqrt(len(data)))

@@ -50,12 +50,12 @@ class EpochPlan:
     def epoch(self, epoch: int) -> list[Batch]:
         flips_gen = self._generator(epoch + 7_919_000)
         if self.pk_sampler is not None:
-            batches = self.pk_sampler.epoch_batches(epoch)[: self.batches_per_epoch]
-            return [self._with_flips(b, flips_gen) for b in batches]
+            pk_batches = self.pk_sampler.epoch_batches(epoch)[: self.batches_per_epoch]
+            return [self._with_flips(b, flips_gen) for b in pk_batches]
         order = torch.randperm(len(self.labels), generator=self._generator(epoch)).numpy()
         flips = self._flips(len(order), flips_gen)
         per_global = self.batch_size * self.world_size
-        batches = []
+        batches: list[Batch] = []
         for b in range(self.batches_per_epoch):
             lo = b * per_global + self.rank * self.batch_size
             batches.append([(int(i), bool(f)) for i, f in zip(order[lo : lo + self.batch_size],
