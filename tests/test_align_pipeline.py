@@ -299,7 +299,8 @@ def test_the_program_ends_cleanly_after_a_pool_run(insightface_t1, tmp_path, run
         res = run_cli("align", raw, tmp_path / "out", "--workers", "2", "--json", env={**os.environ, "TMPDIR": scratch})
         assert res.returncode == 0, res.stderr
         assert res.json()["counts"] == {"ok": 3} and res.json()["workers"] == 2
-        assert os.listdir(scratch) == []  # the fork server's socket folder was removed at exit
+        # the fork server's socket folder was removed at exit (onnxruntime's own .ses file may stay: not a folder)
+        assert [p.name for p in Path(scratch).iterdir() if p.is_dir()] == []
 
     # A temporary folder too deep for a socket path: the pool starts fresh interpreters instead of a fork server
     deep = tmp_path / ("d" * 100) / ("e" * 100)
