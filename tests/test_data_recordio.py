@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from facecli.data.recordio import (
-    IRHeader,
     MAGIC_BYTES,
+    IRHeader,
     RecordReader,
     RecordWriter,
     frame,

@@ -82,7 +82,7 @@ def test_batch_size_defaults_to_the_device_and_yields_to_the_user(checkpoint):
 
 
 def test_same_embeddings_as_insightface_arcface_onnx(checkpoint, faces):
-    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    ArcFaceONNX = pytest.importorskip("insightface.model_zoo.arcface_onnx").ArcFaceONNX  # the [insightface] extra
 
     theirs = ArcFaceONNX(model_file=str(checkpoint["onnx"])).get_feat([f[:, :, ::-1] for f in faces])  # BGR in
     ours = load_model(checkpoint["onnx"]).embed_batch(faces)  # RGB in

@@ -11,7 +11,6 @@ import pytest
 from facecli.errors import UsageError
 from facecli.train.clean import find_noisy, suspicious_csv, write_suspicious_csv
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

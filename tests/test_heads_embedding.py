@@ -13,7 +13,6 @@ from facecli.data.samplers import PKSampler
 from facecli.errors import UsageError
 from facecli.nn.heads import build_head
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -11,7 +11,6 @@ from facecli.nn.backbones import NECKS
 from facecli.nn.groupface import GroupFace, self_distributed_labels
 from facecli.nn.heads import build_head
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -17,7 +17,6 @@ import torch
 
 from facecli.nn.heads import build_head
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 C = 7

@@ -16,7 +16,6 @@ from facecli.errors import UsageError
 from facecli.nn.heads import HEADS, build_head
 from facecli.nn.heads.magface import magface_lambda_lower_bound
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 C = 9

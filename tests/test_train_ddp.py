@@ -19,7 +19,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
-
 from train_support import TINY_BACKBONE, centre_crops, tiny_config
 
 

@@ -7,12 +7,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from train_support import centre_crops, tiny_config
 
 from facecli.errors import CorruptFileError, UsageError
 from facecli.nn.inference import load_backbone
-from facecli.train.export import read_metadata
+from facecli.train.export import export_onnx, read_metadata
 from facecli.train.trainer import Trainer
-from train_support import centre_crops, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +55,20 @@ def test_export_cli_insightface_and_facecli_agree_with_pytorch(trained_run, tmp_
     got = session.run(None, {"data": x.numpy()})[0]  # batch of 5 through the dynamic axis
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
-    from insightface.model_zoo import get_model
+
+def test_insightface_loads_the_export_as_arcface(trained_run, tmp_path):
+    zoo = pytest.importorskip("insightface.model_zoo")  # the optional [insightface] extra
     from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 
-    arc = get_model(str(onnx_path), providers=["CPUExecutionProvider"])
+    run, faces = trained_run
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(run, onnx_path)
+    model, _ = load_backbone(run)
+    bgr = [cv2.imread(str(p)) for p in sorted(faces.glob("*/*.jpg"))[:5]]
+    rgb = np.stack([im[:, :, ::-1] for im in bgr]).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(((rgb - 127.5) / 127.5).transpose(0, 3, 1, 2).copy())).numpy()
+    arc = zoo.get_model(str(onnx_path), providers=["CPUExecutionProvider"])
     assert isinstance(arc, ArcFaceONNX)
     assert (arc.input_mean, arc.input_std) == (127.5, 127.5)
     feats = arc.get_feat(bgr)  # insightface feeds BGR crops and swaps to RGB itself

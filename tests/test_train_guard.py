@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from train_support import centre_crops, tiny_config
 
 from facecli.train.trainer import NonFiniteError, Trainer
-from train_support import centre_crops, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from train_support import centre_crops, tiny_config
 
 from facecli.errors import UsageError
 from facecli.train.callbacks import Callback
 from facecli.train.trainer import Trainer, resolve_run_config
-from train_support import centre_crops, tiny_config
 
 
 class Interrupt(Callback):

@@ -451,6 +451,7 @@ def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> 
             row["seconds"] = time.perf_counter() - start
             return FileResult([row], [])
     else:
+        assert detector is not None  # the callers build one whenever no --landmarks file is given
         faces = detector.detect(rgb)
     chosen = select_faces(faces, rgb.shape, options.select, options.min_face, options.min_score)
     if not chosen.faces:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
 from facecli.errors import UsageError
@@ -21,9 +20,12 @@ def _example_image() -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec("insightface")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "images" / "t1.jpg" if spec else None
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(folders[0]) / "data" / "images" / "t1.jpg" if folders else None
     if path is None or not path.is_file():
-        raise UsageError("the example photo ships with the insightface package, which is not installed")
+        raise UsageError(
+            "the example photo ships with insightface, which is not installed: pip install 'facecli[insightface]'"
+        )
     return path
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
-
 
 DataArg = Annotated[Path, typer.Argument(
     help="The training data of the run: an image folder (ROOT/identity/*.jpg) or a .rec.")]

@@ -11,7 +11,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Annotated, Any, Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -24,7 +24,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from typing_extensions import Annotated
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail (repeat for more).")]
@@ -33,24 +32,25 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors; no p
 
 def to_jsonable(value: Any) -> Any:
     """Convert numpy scalars/arrays, paths and non-finite floats into plain JSON values."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        np = None
+    import numpy as np
+
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if np is not None:
-        if isinstance(value, np.ndarray):
-            return to_jsonable(value.tolist())
-        if isinstance(value, np.generic):
-            return to_jsonable(value.item())
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _no_advance(n: int = 1) -> None:
+    """``advance`` when no progress bar is shown."""
 
 
 @dataclass
@@ -90,7 +90,7 @@ class UI:
     def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
         """A rich progress bar (items/s and ETA) on stderr; yields ``advance(n)``. Silent in quiet/JSON mode."""
         if not self.show_progress:
-            yield lambda n=1: None
+            yield _no_advance
             return
         columns = [
             TextColumn("[bold]{task.description}"),

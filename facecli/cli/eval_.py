@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
 from facecli.errors import UsageError
@@ -268,9 +267,9 @@ def _report_quality(ui: UI, label: str, quality) -> None:
         )
 
 
-def _model_label(spec: Path, all_specs: list[Path]) -> str:
+def _model_label(spec: Path, all_specs: list[Path] | None) -> str:
     """The model's file name, or its path when two models share a name."""
-    names = [s.name for s in all_specs]
+    names = [s.name for s in all_specs or []]
     return spec.name if names.count(spec.name) == 1 else str(spec)
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from typer.core import TyperGroup
-from typing_extensions import Annotated
 
 from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
 from facecli.errors import UsageError
@@ -21,7 +20,7 @@ from facecli.errors import UsageError
 class _DefaultDatasetGroup(TyperGroup):
     """Routes ``pack SRC OUT ...`` to ``pack dataset SRC OUT ...``; ``pack pairs ...`` stays ``pairs``."""
 
-    def parse_args(self, ctx, args):  # type: ignore[override]
+    def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["dataset", *args]
         return super().parse_args(ctx, args)
@@ -234,8 +233,10 @@ def pairs(
         if not source.is_file():
             raise UsageError(f"pairs file not found: {source}")
         base = root or source.parent
-        reader = pairlib.read_pairs_csv if source.suffix.lower() == ".csv" else pairlib.read_pairs_txt
-        pair_list = reader(source, base) if reader is pairlib.read_pairs_csv else reader(source, base, ext=ext)
+        if source.suffix.lower() == ".csv":
+            pair_list = pairlib.read_pairs_csv(source, base)
+        else:
+            pair_list = pairlib.read_pairs_txt(source, base, ext=ext)
     if not pair_list:
         raise UsageError(f"{source}: no pairs")
     with ui.progress("reading pairs", len(pair_list)) as advance:

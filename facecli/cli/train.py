@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Annotated, Any, List, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
 from facecli.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.progress import Progress, TaskID
 
 Opt = typer.Option
 
@@ -209,8 +211,8 @@ class _ProgressCallback:
 
     def __init__(self, ui: UI) -> None:
         self.ui = ui
-        self.bar = None
-        self.task = None
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
 
     def on_train_start(self, trainer: Any) -> None:
         if not (self.ui.show_progress and trainer.is_main):
@@ -225,9 +227,9 @@ class _ProgressCallback:
                                       loss="-", lr="-", speed="")
 
     def on_step_end(self, trainer: Any, metrics: dict[str, Any]) -> None:
-        if self.bar is None:
+        if self.bar is None or self.task is None:
             return
-        fields = {"lr": f"{metrics['lr']:.3g}"}
+        fields: dict[str, Any] = {"lr": f"{metrics['lr']:.3g}"}
         if metrics.get("logged"):
             fields["loss"] = f"{metrics['loss']:.4f}"
             if "samples_per_s" in metrics:

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar, overload
 
 from facecli.errors import UsageError
 
 Row = TypeVar("Row")
 
 
-def read_csv(path: Path, what: str, reader: Callable[[Iterable[str]], Iterable[Row]] = csv.reader) -> list[Row]:
+@overload
+def read_csv(path: Path, what: str) -> list[list[str]]: ...
+
+
+@overload
+def read_csv(path: Path, what: str, reader: Callable[[Iterable[str]], Iterable[Row]]) -> list[Row]: ...
+
+
+def read_csv(path: Path, what: str, reader: Callable[[Iterable[str]], Iterable[Any]] = csv.reader) -> list[Any]:
     """All rows of ``path`` parsed by ``reader`` (``csv.reader`` or ``csv.DictReader``); ``what`` names the file."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:

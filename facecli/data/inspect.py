@@ -116,7 +116,8 @@ def inspect_rec(path: Path, check: bool = False, samples: int = 0,
         info["damaged"] = str(exc)
         image_keys, labels = _readable_labels(reader, header0)
     if header0 is not None and header0.flag > 0:
-        lo, hi = int(header0.label[0]), int(header0.label[1]) if header0.flag > 1 else -1
+        bounds = np.atleast_1d(header0.label)
+        lo, hi = int(bounds[0]), int(bounds[1]) if header0.flag > 1 else -1
         info["layout"] = "insightface MS1M (header record 0)"
         info["header"] = {"first_identity_key": lo, "end_identity_key": hi, "id2": header0.id2}
         info["identity_records"] = max(hi - lo, 0)
@@ -255,7 +256,8 @@ def inspect_bin(path: Path, check: bool = False, samples: int = 0,
 def inspect_folder(path: Path, check: bool = False, samples: int = 0,
                    advance: Callable[[int], None] = lambda n: None) -> tuple[dict, list[Sampled]]:
     layout = FolderLayout(path)
-    counts, files = [], []
+    counts: list[int] = []
+    files: list[tuple[str, str]] = []
     identities = layout.identities()
     for identity in identities:
         found = layout.samples(identity)

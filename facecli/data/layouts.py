@@ -266,6 +266,7 @@ class CsvLayout:
             raise UsageError("--layout csv needs --labels FILE (a CSV with path,label columns)")
 
     def identities(self) -> list[Identity]:
+        assert self.labels is not None  # __post_init__ refuses a csv layout without labels
         labels = Path(self.labels)
         rows = [r for r in read_csv(labels, "labels file") if r and any(c.strip() for c in r)]
         if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:

@@ -98,6 +98,8 @@ class PackPlan:
         """Shard ``index`` of ``count``: a contiguous run of identities holding about 1/count of the images."""
         if not 0 <= index < count:
             raise UsageError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
+        if self.identities is None:
+            raise ValueError("a lazy plan is listed while it is written; only a listed plan can be sharded")
         total = max(self.num_images, 1)
         chosen, before = [], 0
         for planned in self.identities:
@@ -222,10 +224,10 @@ class DatasetWriter:
             counts = self.counts + [0] * (num_classes - len(self.counts))
             for label, count in enumerate(counts):
                 key = first_identity_key + label
-                self.writer.write(key, pack(IRHeader(0, [start, start + count], key, 0), b""))
+                self.writer.write(key, pack((0, [start, start + count], key, 0), b""))  # mx.recordio style: a list label
                 start += count
             end = first_identity_key + num_classes
-            self.writer.write(0, pack(IRHeader(0, [first_identity_key, end], 0, 1), b""))
+            self.writer.write(0, pack((0, [first_identity_key, end], 0, 1), b""))
         self.writer.close()
         self._records_fh.close()
         os.replace(self._records_tmp, self._records_path)
@@ -528,7 +530,7 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
             reader = RecordReader(parts[i])
             with open(parts[i].with_name(f"{part_name(name, i, total)}.records.csv"), newline="", encoding="utf-8") as fh:
                 rows = csv.DictReader(fh)
-                for (offset, record), row in zip(reader.scan(), rows):
+                for (_offset, record), row in zip(reader.scan(), rows):
                     header, payload = unpack(record)
                     if not {"identity", "path", "source"} <= row.keys():
                         raise CorruptFileError(f"{fh.name}: line {rows.line_num}: expected the columns "

@@ -52,7 +52,7 @@ def read_pairs_txt(path: Path, root: Path, ext: str = "jpg") -> list[Pair]:
     if lines and len(lines[0][1]) == 2 and all(f.isdigit() for f in lines[0][1]):
         per_fold = 2 * int(lines[0][1][1])
         lines = lines[1:]
-    pairs = []
+    pairs: list[Pair] = []
     for lineno, fields in lines:
         try:
             if len(fields) == 3:
@@ -165,7 +165,7 @@ def _genuine(members, n: int, rng: random.Random, fold: int, root: Path) -> list
             f"{root}: fold {fold} can form only {possible} genuine pairs (needs {n}); use fewer pairs or more images"
         )
     chosen: set[tuple[Path, Path]] = set()
-    out = []
+    out: list[Pair] = []
     i = 0
     while len(out) < n:
         name, paths = candidates[i % len(candidates)]
@@ -185,7 +185,7 @@ def _genuine(members, n: int, rng: random.Random, fold: int, root: Path) -> list
 
 def _impostor(members, n: int, rng: random.Random, fold: int) -> list[Pair]:
     chosen: set[tuple[Path, Path]] = set()
-    out = []
+    out: list[Pair] = []
     attempts = 0
     while len(out) < n:
         attempts += 1
@@ -381,9 +381,9 @@ def _summarise(report: BinReport, pairs: list[Pair]) -> None:
         w.append(f"unbalanced: {report.genuine} genuine vs {report.impostor} impostor pairs")
     if report.pairs % NUM_FOLDS:
         w.append(f"{report.pairs} pairs do not split into {NUM_FOLDS} equal folds")
-    folds = [p.fold for p in pairs]
-    if all(f is not None for f in folds) and not report.missing:
-        sizes = [folds.count(f) for f in sorted(set(folds))]
-        if len(sizes) == NUM_FOLDS and len(set(sizes)) > 1:
-            w.append(f"folds have different sizes {sizes}; 10-fold verification will cut across them")
+    folds = [p.fold for p in pairs if p.fold is not None]
+    if len(folds) == len(pairs) and not report.missing:
+        fold_sizes = [folds.count(f) for f in sorted(set(folds))]
+        if len(fold_sizes) == NUM_FOLDS and len(set(fold_sizes)) > 1:
+            w.append(f"folds have different sizes {fold_sizes}; 10-fold verification will cut across them")
 

@@ -28,7 +28,7 @@ import struct
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import BinaryIO, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -273,6 +273,15 @@ def default_idx_path(rec_path: str | os.PathLike) -> Path:
     return Path(rec_path).with_suffix(".idx")
 
 
+class _Index(NamedTuple):
+    """A ``.idx`` file read: keys and offsets in file order, and the keys sorted for lookups (last line wins)."""
+
+    keys: np.ndarray
+    offsets: np.ndarray
+    sorted_keys: np.ndarray
+    sorted_pos: np.ndarray
+
+
 class RecordReader:
     """Random access (through the ``.idx``) and sequential scans of a ``.rec`` file, memory-mapped.
 
@@ -289,12 +298,9 @@ class RecordReader:
 
     def _reset(self) -> None:
         self._pid: int | None = None
-        self._file = None
+        self._file: BinaryIO | None = None
         self._mm: mmap.mmap | bytes | None = None
-        self._keys: np.ndarray | None = None
-        self._offsets: np.ndarray | None = None
-        self._sorted_keys: np.ndarray | None = None
-        self._sorted_pos: np.ndarray | None = None
+        self._idx: _Index | None = None
 
     # pickling: only the paths travel to worker processes
     def __getstate__(self) -> dict:
@@ -309,83 +315,82 @@ class RecordReader:
     def buffer(self) -> mmap.mmap | bytes:
         """The memory-mapped file (opened on first use in the current process)."""
         if self._mm is None or self._pid != os.getpid():
-            self._open()
+            return self._open()
         return self._mm
 
-    def _open(self) -> None:
+    def _open(self) -> mmap.mmap | bytes:
         self._close_map()
         try:
             fh = open(self.rec_path, "rb")
         except OSError as exc:
             raise UsageError(f"cannot open {self.rec_path}: {exc.strerror or exc}") from None
         size = os.fstat(fh.fileno()).st_size
+        mapped: mmap.mmap | bytes
         if size == 0:
             fh.close()
-            self._mm = b""
+            mapped = b""
         else:
             self._file = fh
-            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._mm = mapped
         self._pid = os.getpid()
+        return mapped
 
-    def _load_index(self) -> None:
-        if self._keys is not None:
-            return
+    def _index(self) -> _Index:
+        if self._idx is not None:
+            return self._idx
         if not self.idx_path.is_file():
             raise UsageError(f"index file not found: {self.idx_path} (random access needs the .idx; scan() does not)")
         keys, offsets = read_index(self.idx_path)
-        self._keys, self._offsets = keys, offsets
         # like MXNet's dict, a key listed twice resolves to its last line
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         last = np.ones(len(order), dtype=bool)
         last[:-1] = sorted_keys[1:] != sorted_keys[:-1]
-        self._sorted_keys, self._sorted_pos = sorted_keys[last], order[last]
+        self._idx = _Index(keys, offsets, sorted_keys[last], order[last])
+        return self._idx
 
     @property
     def keys(self) -> list[int]:
         """Every key in ``.idx`` order."""
-        self._load_index()
-        return self._keys.tolist()
+        return self._index().keys.tolist()
 
     @property
     def key_array(self) -> np.ndarray:
         """The keys as an int64 array (``.idx`` order); cheaper than :attr:`keys` for millions of records."""
-        self._load_index()
-        return self._keys
+        return self._index().keys
 
     @property
     def offset_array(self) -> np.ndarray:
         """Byte offsets matching :attr:`key_array`."""
-        self._load_index()
-        return self._offsets
+        return self._index().offsets
 
     def __len__(self) -> int:
-        self._load_index()
-        return len(self._keys)
+        return len(self._index().keys)
 
     def __contains__(self, key: int) -> bool:
-        self._load_index()
-        i = np.searchsorted(self._sorted_keys, key)
-        return bool(i < len(self._sorted_keys) and self._sorted_keys[i] == key)
+        sorted_keys = self._index().sorted_keys
+        i = np.searchsorted(sorted_keys, key)
+        return bool(i < len(sorted_keys) and sorted_keys[i] == key)
 
     def offset(self, key: int) -> int:
         """The byte offset of ``key``; KeyError when the index does not list it."""
-        self._load_index()
-        i = int(np.searchsorted(self._sorted_keys, key))
-        if i >= len(self._sorted_keys) or self._sorted_keys[i] != key:
+        index = self._index()
+        i = int(np.searchsorted(index.sorted_keys, key))
+        if i >= len(index.sorted_keys) or index.sorted_keys[i] != key:
             raise KeyError(key)
-        return int(self._offsets[self._sorted_pos[i]])
+        return int(index.offsets[index.sorted_pos[i]])
 
     def offsets_of(self, keys: np.ndarray) -> np.ndarray:
         """Byte offsets of many keys at once (vectorised); KeyError naming the first key the index lacks."""
-        self._load_index()
+        index = self._index()
         keys = np.asarray(keys, dtype=np.int64)
-        pos = np.searchsorted(self._sorted_keys, keys)
-        found = pos < len(self._sorted_keys)
-        found[found] = self._sorted_keys[pos[found]] == keys[found]
+        pos = np.searchsorted(index.sorted_keys, keys)
+        found = pos < len(index.sorted_keys)
+        found[found] = index.sorted_keys[pos[found]] == keys[found]
         if not found.all():
             raise KeyError(f"{self.rec_path}: key {int(keys[~found][0])} is not in {self.idx_path.name}")
-        return self._offsets[self._sorted_pos[pos]]
+        return index.offsets[index.sorted_pos[pos]]
 
     def read(self, key: int) -> bytes:
         """The record stored under ``key`` (chunks re-joined); CorruptFileError when the file is damaged."""
@@ -618,7 +623,7 @@ def read_ms1m_layout(reader: RecordReader) -> tuple[list[int], np.ndarray]:
     if 0 in reader:
         header, _ = reader.read_header(0)
         if header.flag > 0:
-            first_identity_key = int(header.label[0])
+            first_identity_key = int(np.atleast_1d(header.label)[0])
             image_keys = np.arange(1, first_identity_key, dtype=np.int64)
     labels = _labels_of(reader, image_keys)
     return image_keys.tolist(), labels

@@ -471,7 +471,7 @@ def _closed_set(
     probe_feats: np.ndarray, probe_ids: np.ndarray, gallery_feats: np.ndarray, gallery_ids: np.ndarray
 ) -> GalleryResult:
     """ijb_1n.py: every probe's subject must appear exactly once in the joined gallery."""
-    mates = []
+    mate_columns = []
     for subject in probe_ids:
         (where,) = np.nonzero(gallery_ids == subject)
         if len(where) != 1:
@@ -479,8 +479,8 @@ def _closed_set(
                 f"closed-set 1:N needs each probe subject exactly once in the gallery; subject {subject} "
                 f"appears {len(where)} times (use --ijb-mode open)"
             )
-        mates.append(where[0])
-    mates = np.array(mates, dtype=np.int64)
+        mate_columns.append(where[0])
+    mates = np.array(mate_columns, dtype=np.int64)
     n_probe, n_gallery = len(probe_ids), len(gallery_ids)
     similarity = probe_feats @ gallery_feats.T
     mated = similarity[np.arange(n_probe), mates]
@@ -488,7 +488,9 @@ def _closed_set(
     nonmated_mask = np.ones((n_probe, n_gallery), dtype=bool)
     nonmated_mask[np.arange(n_probe), mates] = False
     nonmated = similarity[nonmated_mask]
-    tpir, thresholds, achieved = {}, {}, {}
+    tpir: dict[float, float] = {}
+    thresholds: dict[float, float] = {}
+    achieved: dict[float, float | None] = {}
     for far in FPIR_TARGETS:
         k = math.ceil(n_probe * far)
         top = np.partition(nonmated, len(nonmated) - k)[len(nonmated) - k]  # k-th largest
@@ -528,7 +530,9 @@ def _open_set(
     rank1_correct = pos > best_other
     nonmated_top = np.sort(similarity[~is_mated].max(axis=1))[::-1]
     n_pos, n_nm = len(pos), len(nonmated_top)
-    tpir, thresholds, achieved = {}, {}, {}
+    tpir: dict[float, float] = {}
+    thresholds: dict[float, float] = {}
+    achieved: dict[float, float | None] = {}
     for fpir in FPIR_TARGETS:
         if n_nm == 0:
             thresholds[fpir], achieved[fpir] = -math.inf, None

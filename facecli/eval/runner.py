@@ -386,18 +386,19 @@ def ijb_image_features(
     from facecli.imageio import ImageReadError, read_image
 
     ijb.read_landmarks(protocol)
-    assert protocol.image_names is not None and protocol.landmarks is not None
+    names, landmarks = protocol.image_names, protocol.landmarks
+    assert names is not None and landmarks is not None
     crops = protocol.meta_dir.parent / "loose_crop"
     if not crops.is_dir():
         raise UsageError(f"no loose_crop/ folder beside {protocol.meta_dir} (needed to embed IJB images)")
 
     def load(i: int) -> np.ndarray:
-        path = crops / protocol.image_names[i]
+        path = crops / names[i]
         try:
             image = read_image(path)
         except ImageReadError as exc:
             raise CorruptFileError(f"{path}: {exc.reason}") from None
-        return align(image, protocol.landmarks[i], model.input_size)
+        return align(image, landmarks[i], model.input_size)
 
     meta_file = protocol.meta_dir / f"{protocol.target}_name_5pts_score.txt"
     cache = (

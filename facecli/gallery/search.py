@@ -13,13 +13,16 @@ import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import numpy as np
 
 from facecli.archives import check_npz
 from facecli.errors import CorruptFileError, UsageError
 from facecli.registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 #: Upper bound on the size of one probe-batch x gallery score matrix (entries), i.e. 256 MB of float32.
 SCORE_BLOCK = 64 * 1024 * 1024
@@ -52,8 +55,8 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if scores.shape[1] >= TORCH_TOPK_MIN_WIDTH:
         import torch
 
-        values, idx = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1)
-        return values.numpy().astype(np.float32), idx.numpy().astype(np.int64)
+        top_values, top_idx = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1)
+        return top_values.numpy().astype(np.float32), top_idx.numpy().astype(np.int64)
     if k < scores.shape[1]:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     else:
@@ -75,7 +78,7 @@ class ExactIndex:
     def __post_init__(self) -> None:
         if self.templates.dtype not in (np.float32, np.float16):
             self.templates = self.templates.astype(np.float32)
-        self._torch_templates = None
+        self._torch_templates: torch.Tensor | None = None
 
     def scores(self, probes: np.ndarray) -> np.ndarray:
         """Cosine of every probe (rows, unit length) with every template: (P, G) float32."""

@@ -269,10 +269,11 @@ def search_gallery(
         per_template = float(measure()) if callable(measure) else None
     records: list[dict[str, Any]] = []
     for path, row_scores, row_idx in zip(probes.paths, scores, idx):
-        top = [{"identity": str(gallery.identities[j]), "score": float(s)} for s, j in zip(row_scores, row_idx) if j >= 0]
-        best = top[0]
-        decision = best["identity"] if best["score"] >= np.float32(threshold) else UNKNOWN
-        records.append({"probe": str(path), "status": "ok", "decision": decision, "score": best["score"], "top_k": top})
+        hits = [(str(gallery.identities[j]), float(s)) for s, j in zip(row_scores, row_idx) if j >= 0]
+        top = [{"identity": identity, "score": score} for identity, score in hits]
+        best_identity, best_score = hits[0]
+        decision = best_identity if best_score >= np.float32(threshold) else UNKNOWN
+        records.append({"probe": str(path), "status": "ok", "decision": decision, "score": best_score, "top_k": top})
     for failure in probes.failures:
         records.append({"probe": failure["path"], "status": failure["status"], "reason": failure["reason"],
                         "decision": None, "score": None, "top_k": []})

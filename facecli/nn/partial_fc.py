@@ -36,14 +36,14 @@ class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0; backward sums the gradients of all ranks and returns this rank's slice × N."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         ctx.batch = tensor.size(0)
         parts = [torch.empty_like(tensor) for _ in range(distributed.world_size())]
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts, dim=0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = distributed.rank() * ctx.batch
@@ -54,7 +54,7 @@ class _DistCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy over the global batch when each rank holds some of the logit columns."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         row_max = logits.amax(dim=1, keepdim=True)
         if distributed.is_distributed():
@@ -72,7 +72,7 @@ class _DistCrossEntropy(torch.autograd.Function):
         return (denom.log() - target).mean()
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
         softmax, columns, held = ctx.saved_tensors
         grad = softmax.clone()
         grad[held, columns[held]] -= 1.0
@@ -108,7 +108,7 @@ class PartialFC(nn.Module):
         local = (labels >= self.class_start) & (labels < self.class_start + self.num_local)
         columns = torch.full_like(labels, -1)
         columns[local] = labels[local] - self.class_start
-        weight = self.weight
+        weight: torch.Tensor = self.weight
         if self.num_sample < self.num_local and self.training:
             kept = self._sample(columns[local])
             columns[local] = torch.searchsorted(kept, columns[local])

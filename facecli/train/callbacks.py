@@ -13,7 +13,7 @@ import io
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -21,18 +21,23 @@ import torch
 from facecli.fileio import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch.utils.tensorboard import SummaryWriter
+
     from facecli.train.trainer import Trainer
 
 
-class Callback:
+class Callback(Protocol):
+    """The hooks; subclasses inherit no-op defaults, and any object with the three methods is a callback too (the
+    CLI's progress bar is one, so that the CLI need not import torch to define it)."""
+
     def on_train_start(self, trainer: "Trainer") -> None:
-        pass
+        return None
 
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
-        pass
+        return None
 
     def on_train_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
-        pass
+        return None
 
 
 class MetricsFile(Callback):
@@ -80,7 +85,7 @@ class TensorBoard(Callback):
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.writer = None
+        self.writer: SummaryWriter | None = None
 
     def on_train_start(self, trainer: "Trainer") -> None:
         if not trainer.is_main:

@@ -31,7 +31,8 @@ def rank_file(run_dir: Path, rank: int) -> Path:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG the training step may touch, as tensors and ints (loadable with weights_only)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # ("MT19937", keys, pos, has_gauss, cached_gaussian): the global generator
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),

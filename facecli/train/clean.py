@@ -118,7 +118,7 @@ class CleanSummary:
 
 def load_subcenters(run_dir: str | Path) -> np.ndarray:
     """The (C, K, D) class sub-centres of a Sub-center ArcFace run (all Partial FC shards, in rank order)."""
-    from facecli.nn.heads import HEADS
+    from facecli.nn.heads import HEADS, constructor_defaults
     from facecli.train import checkpoint
 
     run_dir = Path(run_dir)
@@ -127,7 +127,7 @@ def load_subcenters(run_dir: str | Path) -> np.ndarray:
     name = str(head.get("name", ""))
     if name not in HEADS or HEADS.get(name) is not HEADS.get("subcenter-arcface"):
         raise UsageError(f"{run_dir} was trained with head {name or '?'}; cleaning needs a subcenter-arcface run")
-    k = int(head.get("options", {}).get("k", HEADS.get("subcenter-arcface").defaults()["k"]))
+    k = int(head.get("options", {}).get("k", constructor_defaults(HEADS.get("subcenter-arcface"))["k"]))
     shards = [main] + [checkpoint.load(checkpoint.rank_file(run_dir, r)) for r in range(1, int(main["world_size"]))]
     weights = [s.get("classifier", {}).get("weight") for s in shards]
     if any(w is None for w in weights):
@@ -175,7 +175,7 @@ def clean_run(
     manager yielding ``advance(n)`` (e.g. ``UI.progress``)."""
     import contextlib
 
-    from facecli.data.datasets import open_dataset
+    from facecli.data.datasets import ImageFolderDataset, open_dataset
     from facecli.nn.inference import load_backbone
 
     if not 0.0 < threshold_deg < 180.0:
@@ -187,7 +187,7 @@ def clean_run(
             f"{data} has {dataset.num_classes} identities but the run was trained on {centres.shape[0]}: "
             "clean the dataset the run was trained on"
         )
-    if pack_out is not None and not hasattr(dataset, "paths"):
+    if pack_out is not None and not isinstance(dataset, ImageFolderDataset):
         raise UsageError("--pack needs the image folder the run was trained on (a .rec has no source paths)")
     model, _ = load_backbone(run_dir)
     progress = progress or (lambda description, total: contextlib.nullcontext(lambda n=1: None))
@@ -196,8 +196,8 @@ def clean_run(
     report = find_noisy(centres, embeddings, dataset.labels, threshold_deg)
     paths = item_paths(dataset)
     count = write_suspicious_csv(out_csv, paths, dataset.labels, report)
-    if pack_out is not None:
-        _write_clean_pack(Path(dataset.root), Path(out_csv), Path(pack_out))
+    if pack_out is not None and isinstance(dataset, ImageFolderDataset):  # checked above
+        _write_clean_pack(dataset.root, Path(out_csv), Path(pack_out))
     share = _dominant_share(report, dataset.labels, centres.shape[0])
     return CleanSummary(str(run_dir), str(data), len(dataset), int(centres.shape[0]), int(centres.shape[1]),
                         float(threshold_deg), count, str(out_csv), str(pack_out) if pack_out else None, share)

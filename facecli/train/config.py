@@ -208,7 +208,7 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 _DICT_FIELDS = {"model.backbone_options", "model.neck_options", "head.options", "head.aux_options"}
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def _field_types(cls: Any) -> dict[str, Any]:
     return get_type_hints(cls)
 
 

@@ -31,8 +31,9 @@ class StepOutput:
 class FaceModel(nn.Module):
     """Everything with parameters that one training step runs, as one module (what DDP wraps)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, classifier: nn.Module | None,
-                 aux: nn.Module | None = None, aux_weight: float = 0.0) -> None:
+    def __init__(self, backbone: nn.Module, head: MarginHead | EmbeddingLoss,
+                 classifier: PartialFC | FullClassifier | None, aux: EmbeddingLoss | None = None,
+                 aux_weight: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.classifier = classifier
@@ -53,6 +54,7 @@ class FaceModel(nn.Module):
             loss = self.head(embeddings.float(), labels)
             extreme = embeddings.detach().float().abs().max()
         else:
+            assert isinstance(self.head, MarginHead)  # build_model pairs every classifier with a margin head
             local_norms = embeddings.float().norm(dim=1)
             batch, batch_labels = self.classifier.gather(embeddings, labels)
             cosine, columns = self.classifier(batch, batch_labels)
@@ -123,7 +125,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[FaceModel, dict[str
             load_init_backbone(backbone, m.init, info)
     head = _build_head(cfg.head.name, num_classes, embedding_size, cfg.head.options)
     info.update(head_info(cfg.head.name, head))
-    classifier: nn.Module | None = None
+    classifier: PartialFC | FullClassifier | None = None
     if isinstance(head, MarginHead):
         subcenters = int(getattr(head, "num_subcenters", 1))
         if cfg.head.partial_fc > 0:
@@ -141,11 +143,12 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[FaceModel, dict[str
             raise UsageError(f"--partial-fc cannot be used with head {cfg.head.name}: {head.partial_fc_incompatible}")
     else:
         raise UsageError(f"{cfg.head.name} is not a margin head or an embedding loss")
-    aux = None
+    aux: EmbeddingLoss | None = None
     if cfg.head.aux:
-        aux = _build_head(cfg.head.aux, num_classes, embedding_size, cfg.head.aux_options)
-        if isinstance(aux, MarginHead):
+        built = _build_head(cfg.head.aux, num_classes, embedding_size, cfg.head.aux_options)
+        if not isinstance(built, EmbeddingLoss):
             raise UsageError(f"head.aux={cfg.head.aux} is a margin head; an auxiliary loss works on embeddings")
+        aux = built
     return FaceModel(backbone, head, classifier, aux, cfg.head.aux_weight), info
 
 
@@ -159,6 +162,6 @@ def _build_head(name: str, num_classes: int, embedding_size: int, options: dict[
 
 
 def _option_names(name: str) -> list[str]:
-    from facecli.nn.heads import HEADS
+    from facecli.nn.heads import HEADS, constructor_defaults
 
-    return list(HEADS.get(name).defaults())
+    return list(constructor_defaults(HEADS.get(name)))

@@ -8,12 +8,11 @@ warm-up, ``step`` multiplies by ``gamma`` at each milestone, ``constant`` keeps 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 from facecli.registry import Registry
 
 #: factor(step, total, cfg) → multiplier of the base learning rate at optimiser step ``step`` (0-based).
-SCHEDULES: Registry[Callable[..., float]] = Registry("LR schedule")
+SCHEDULES: Registry[float] = Registry("LR schedule")
 
 
 def _warmup(step: int, warmup: int) -> float | None:

@@ -218,7 +218,8 @@ class Trainer:
             g["lr"] = g["base_lr"]
         if cfg.optim.name == "sgd":
             return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)
-        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+        beta1, beta2 = cfg.optim.betas
+        return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(beta1, beta2))
 
     def _prepare_run_dir(self) -> None:
         ckpt = self.run_dir / checkpoint.CHECKPOINT
@@ -384,7 +385,8 @@ class Trainer:
                 with torch.no_grad(), self.autocast():
                     teacher = self.teacher(acceleration.input_batch(clean[0], self.device, cfg.channels_last))
             sync = micro == accumulate - 1 or self.world_size == 1
-            ctx = contextlib.nullcontext() if sync else self.ddp_model.no_sync()
+            ddp = self.ddp_model
+            ctx = ddp.no_sync() if isinstance(ddp, nn.parallel.DistributedDataParallel) and not sync else contextlib.nullcontext()
             with ctx:
                 with self.autocast():
                     out = self.ddp_model(images, labels, freeze, teacher, cfg.model.distill)
@@ -412,7 +414,7 @@ class Trainer:
             return float("nan"), float(max_logit), lr
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.aux_optimizer is not None:
+        if self.aux_optimizer is not None and self.model.aux is not None:
             for p in self.model.aux.parameters():  # the centre LR is aux_lr whatever the loss weight (Wen et al.)
                 if p.grad is not None:
                     p.grad.div_(max(cfg.head.aux_weight, 1e-12))
@@ -431,13 +433,13 @@ class Trainer:
         """Clip the backbone's gradient norm (arcface_torch clips the backbone only); return the total norm."""
         clip = self.cfg.optim.clip_grad_norm
         backbone = [p for p in self.model.backbone.parameters() if p.grad is not None]
-        others = [p for n, p in self.model.named_parameters() if p.grad is not None and not n.startswith("backbone.")]
+        others = [p.grad for n, p in self.model.named_parameters() if p.grad is not None and not n.startswith("backbone.")]
         total = torch.zeros((), device=self.device)
         if backbone:
             norm = torch.nn.utils.clip_grad_norm_(backbone, clip if clip > 0 else float("inf"))
             total = total + norm.float() ** 2
-        for p in others:
-            total = total + p.grad.detach().float().pow(2).sum()
+        for grad in others:
+            total = total + grad.detach().float().pow(2).sum()
         return float(total.sqrt())
 
     def _handle_nonfinite(self, loss: float, max_logit: float, grad_norm: float, rng_before: dict[str, Any],

@@ -264,7 +264,7 @@ def tile_spans(length: int, tile: int = _TILE) -> list[tuple[int, int, int | Non
     so its border cells (including the padded max-pool row of an odd size) are computed exactly as before and
     all of them are kept (``None``).
     """
-    spans = []
+    spans: list[tuple[int, int, int | None]] = []
     start = 0
     while start + tile < length:
         spans.append((start, start + tile, (tile - _TILE_OVERLAP) // _STRIDE))

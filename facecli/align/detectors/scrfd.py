@@ -33,7 +33,13 @@ class SCRFD:
         if path.suffix.lower() != ".onnx":  # insightface treats other names as model-package folders
             raise UsageError(f"detector model must be an .onnx file: {path}")
         import onnxruntime as ort
-        from insightface import model_zoo
+
+        try:
+            from insightface import model_zoo
+        except ImportError:
+            raise UsageError(
+                "--detector scrfd runs through insightface, which is not installed: pip install 'facecli[insightface]'"
+            ) from None
 
         try:
             runtime = pick_runtime(device, "onnxruntime")

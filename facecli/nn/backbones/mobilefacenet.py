@@ -145,7 +145,8 @@ def mobilefacenet(embedding_size: int = 512, dropout: float = 0.0, blocks: tuple
     """
     if dropout:
         raise ValueError("mobilefacenet's GDC neck has no dropout; leave model.dropout at 0")
-    return MobileFaceNet(embedding_size=embedding_size, blocks=tuple(blocks), scale=int(scale))
+    first, second, third, fourth = blocks  # a list from a config file, or a tuple
+    return MobileFaceNet(embedding_size=embedding_size, blocks=(first, second, third, fourth), scale=int(scale))
 
 
 @BACKBONES.register("mobilefacenet-large")

@@ -24,7 +24,7 @@ Adaptive state (AdaCos s, CurricularFace t, AdaFace statistics) must be register
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -32,9 +32,9 @@ from torch import nn
 from facecli.registry import Registry
 
 
-def constructor_defaults(cls: type) -> dict[str, Any]:
+def constructor_defaults(cls: Callable[..., Any]) -> dict[str, Any]:
     """A head's tunable parameters with their defaults (sizes that come from the data are left out)."""
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     return {
         name: p.default
         for name, p in params.items()

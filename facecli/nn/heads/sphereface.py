@@ -40,6 +40,7 @@ class SphereFace(MarginHead):
         self.m = int(m)
         self.lambda_base, self.lambda_gamma = float(lambda_base), float(lambda_gamma)
         self.lambda_power, self.lambda_min = float(lambda_power), float(lambda_min)
+        self.iteration: torch.Tensor
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
     def current_lambda(self) -> float:
