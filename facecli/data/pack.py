@@ -43,7 +43,6 @@ from facecli.data.layouts import Identity, Layout, Sample, Selection
 from facecli.data.payloads import Encoding, prepare_many, probe, read_regular_file
 from facecli.data.recordio import (
     DEFAULT_REC_NAME,
-    IRHeader,
     RecordReader,
     RecordWriter,
     pack,

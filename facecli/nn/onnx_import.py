@@ -127,7 +127,7 @@ def _as_facecli_backbone(proto: Any, spec: dict[str, Any], state: dict[str, torc
 
 def compare_with_onnxruntime(backbone: ImportedBackbone, path: Path, batch: int = 3) -> float:
     """Largest |onnxruntime - imported| on a fixed random batch, fed to each in its own input convention."""
-    import onnxruntime  # type: ignore[import-untyped]
+    import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

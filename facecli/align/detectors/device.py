@@ -28,7 +28,7 @@ def _driver_present() -> bool:
 
 
 def _onnxruntime_cuda() -> bool:
-    import onnxruntime as ort  # type: ignore[import-untyped]
+    import onnxruntime as ort
 
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
