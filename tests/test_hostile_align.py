@@ -270,6 +270,26 @@ def test_degenerate_landmarks_and_animated_gifs(tmp_path):
     assert np.abs(crop.astype(int) - expected.astype(int)).mean() < 3  # the first frame, not another
 
 
+def test_a_folder_that_cannot_be_listed_is_reported_not_lost(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    (raw / "open").mkdir(parents=True)
+    (raw / "locked").mkdir()
+    (raw / "open" / "a.png").write_bytes(_png(_face(5)))
+    (raw / "locked" / "b.png").write_bytes(_png(_face(6)))
+    real_scandir = os.scandir
+
+    def scandir(path: os.PathLike | str = ".") -> object:  # root ignores permission bits, so deny the listing here
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    csv = _landmarks_csv(tmp_path / "lm.csv", ["open/a.png", "locked/b.png"])
+    summary = align_folder(raw, tmp_path / "out", landmarks=csv, workers=1)
+    assert summary["folders_unlisted"] == ["locked: Permission denied"]
+    assert _manifest(tmp_path / "out").source.tolist() == ["open/a.png"]
+
+
 # ---------------------------------------------------------------------------------------------- crash and resume
 
 _KILLING_RUN = """

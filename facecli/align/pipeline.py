@@ -257,20 +257,28 @@ def _make_out(out: Folder) -> None:
         raise FacecliError(f"cannot write to output folder {text_name(out)}: permission denied")
 
 
-def plan_jobs(raw: Folder) -> tuple[list[Job], int]:
-    """Every image file under ``raw`` (any depth, sorted, hidden entries skipped) and the count of other files.
+def plan_jobs(raw: Folder) -> tuple[list[Job], int, list[str]]:
+    """Every image file under ``raw`` (any depth, sorted, hidden entries skipped), the count of other files and the
+    folders that could not be listed (no permission, removed meanwhile), so that none of them vanishes unreported.
 
     Entries named like images are jobs whatever they are (a FIFO, a device, a link to a folder): the read
     records them as ``not_a_file`` instead of letting them vanish. Real folders are walked, never followed
     through links. Sources and output stems are :func:`text_name` text (valid UTF-8 whatever the name's bytes).
     """
     if isinstance(raw, RemoteFolder):
-        return _plan_remote_jobs(raw)
+        return (*_plan_remote_jobs(raw), [])
     if not raw.is_dir():
-        return [Job(raw, text_name(raw.name), text_name(raw.stem))], 0
+        return [Job(raw, text_name(raw.name), text_name(raw.stem))], 0, []
     jobs: list[Job] = []
     ignored = 0
-    for folder, dirs, files in os.walk(raw):
+    unlisted: list[str] = []
+
+    def note_unlisted(error: OSError) -> None:
+        folder = Path(error.filename or raw)
+        rel = folder.relative_to(raw).as_posix() if folder.is_relative_to(raw) else str(folder)
+        unlisted.append(f"{text_name(rel)}: {error.strerror or error}")
+
+    for folder, dirs, files in os.walk(raw, onerror=note_unlisted):
         linked = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in linked)
         rel_dir = Path(folder).relative_to(raw)
@@ -287,7 +295,7 @@ def plan_jobs(raw: Folder) -> tuple[list[Job], int]:
             source, output_stem = (PurePosixPath(rel) / text_name(name)).as_posix(), (PurePosixPath(rel) / stem)
             jobs.append(Job(Path(folder) / name, source, output_stem.as_posix()))
     jobs.sort(key=lambda j: j.source)
-    return jobs, ignored
+    return jobs, ignored, sorted(unlisted)
 
 
 def _plan_remote_jobs(raw: RemoteFolder) -> tuple[list[Job], int]:
@@ -942,7 +950,7 @@ def align_folder(
     )
     options.validate()
     started = time.perf_counter()
-    all_jobs, ignored = plan_jobs(source_folder)
+    all_jobs, ignored, unlisted = plan_jobs(source_folder)
     jobs = all_jobs[shard_index::num_shards]
     _make_out(target)
     manifest_path = _manifest_path(target, manifest_name(shard_index, num_shards))
@@ -1012,6 +1020,7 @@ def align_folder(
         "stale_redone": stale,
         "crops_written": sum(1 for row in rows if row["status"] == "ok"),
         "other_files_ignored": ignored,
+        "folders_unlisted": unlisted,
         "counts": counts,
         "warnings": sum(problems.values()),
         "seconds": round(elapsed, 3),

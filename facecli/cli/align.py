@@ -167,6 +167,9 @@ def align_command(
         )
     if summary["warnings"]:
         ui.warn(f"{summary['warnings']} of {summary['files']} files gave no crop; see {summary['manifest']}")
+    if summary["folders_unlisted"]:
+        ui.warn(f"{len(summary['folders_unlisted'])} folders could not be listed, their files were not aligned: "
+                + "; ".join(summary["folders_unlisted"][:5]))
     ui.result(summary, _render_summary(summary))
 
 
