@@ -399,6 +399,19 @@ def test_eval_options_that_cannot_be_right(embeddings, run_cli, args, message):
     one_line_error(res, message)
 
 
+@pytest.mark.parametrize("mean, std, message", [
+    ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], "0-1 pixels"),
+    ([127.5] * 3, [-1.0] * 3, "std must be positive"),
+    ([float("nan")] * 3, [127.5] * 3, "mean must be finite"),
+])
+def test_train_normalisation_follows_eval_rules_from_any_config_layer(tmp_path, mean, std, message):
+    from facecli.train.config import build_config
+
+    keys = {"data.path": str(tmp_path), "model.init": "m.onnx", "model.init_mean": mean, "model.init_std": std}
+    with pytest.raises(UsageError, match=message):
+        build_config(keys, {})
+
+
 def test_eval_issame_must_be_booleans_or_exact_zero_one(embeddings):
     from facecli.eval.runner import evaluate_embeddings
 

@@ -318,8 +318,10 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("init_mean", "init_std"):
         if len(getattr(cfg.model, key)) not in (0, 3):
             raise UsageError(f"model.{key} needs 3 values (R, G, B), got {getattr(cfg.model, key)}")
-    if any(v == 0 for v in cfg.model.init_std):
-        raise UsageError("model.init_std (--std) must not be zero")
+    from facecli.normalisation import check_normalisation, parse_channels
+
+    # the same rules as eval's --mean/--std, whichever layer (option, config file, key=value) set them
+    check_normalisation(parse_channels(cfg.model.init_mean or None, "mean"), parse_channels(cfg.model.init_std or None, "std"))
     from facecli.data.augment import check_augment
 
     check_augment(cfg.augment)
