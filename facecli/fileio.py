@@ -8,6 +8,7 @@ checksum of a file's bytes that outputs (pack records) and model fingerprints ar
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import tempfile
@@ -22,10 +23,15 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _temp_prefix(name: str) -> str:
+def temp_prefix(name: str) -> str:
     """``.NAME.``, with NAME cut to 241 bytes so that the temporary name (14 bytes longer than NAME) fits the
     255-byte limit of file names whenever NAME itself does."""
     return "." + os.fsdecode(os.fsencode(name)[:241]) + "."
+
+
+def temp_pattern(name: str) -> str:
+    """The glob pattern of the temporary files a writer of ``name`` makes, to clean up after a killed run."""
+    return glob.escape(temp_prefix(name)) + "*.tmp"
 
 
 @contextlib.contextmanager
@@ -36,7 +42,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, new_file_mode())  # mkstemp makes 0600; outputs get the usual permissions

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from facecli import __version__
@@ -49,3 +51,15 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+@pytest.mark.parametrize("name", ["train.rec", "p" * 250 + ".rec"])
+def test_the_cleanup_pattern_finds_a_writers_temporaries_even_for_long_names(tmp_path, name):
+    import glob as globbing
+
+    from facecli.fileio import temp_pattern
+
+    with atomic_path(tmp_path / name) as tmp:
+        tmp.write_text("partial")
+        assert [Path(p) for p in globbing.glob(str(tmp_path / temp_pattern(name)))] == [tmp]
+        assert not globbing.glob(str(tmp_path / temp_pattern("other.rec")))

@@ -27,7 +27,6 @@ import concurrent.futures as cf
 import contextlib
 import csv
 import functools
-import glob
 import io
 import itertools
 import json
@@ -51,7 +50,7 @@ from facecli.data.recordio import (
     write_property,
 )
 from facecli.errors import CorruptFileError, UsageError
-from facecli.fileio import atomic_write_text, new_file_mode, sha256_file
+from facecli.fileio import atomic_write_text, new_file_mode, sha256_file, temp_pattern, temp_prefix
 
 LAYOUTS_OUT = ("ms1m", "flat")
 REC_NAME = DEFAULT_REC_NAME
@@ -175,7 +174,7 @@ class DatasetWriter:
         self.layout_out = layout_out
         self.writer = RecordWriter(out / f"{name}.rec", out / f"{name}.idx")
         self._records_path = out / records_name
-        fd, tmp = tempfile.mkstemp(prefix=f".{records_name}.", suffix=".tmp", dir=out)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(records_name), suffix=".tmp", dir=out)
         os.chmod(tmp, new_file_mode())  # a finished records.csv gets the permissions of the other outputs
         self._records_tmp = Path(tmp)
         self._records_fh = open(fd, "w", newline="", encoding="utf-8")
@@ -432,7 +431,7 @@ def remove_stale_temporaries(out: Path, name: str) -> list[Path]:
     targets += [sidecar_path(rec, base) for base in ("property", LABELS_CSV, RECORDS_CSV, PACK_JSON)]
     removed = []
     for target in targets:
-        for tmp in out.glob(f".{glob.escape(target.name)}.*.tmp"):
+        for tmp in out.glob(temp_pattern(target.name)):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
                 removed.append(tmp)
