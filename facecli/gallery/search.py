@@ -144,7 +144,7 @@ class FaissIndex:
         if kind not in self.KINDS:
             raise ValueError(f"unknown FAISS index kind {kind!r}; choose one of {', '.join(self.KINDS)}")
         self.templates = np.ascontiguousarray(templates)
-        key = hashlib.sha256(self.templates).hexdigest() + f"|{self.templates.dtype}|{kind}|{ivf_above}"
+        key = hashlib.sha256(self.templates.data).hexdigest() + f"|{self.templates.dtype}|{kind}|{ivf_above}"
         cached = _load_cached(cache, key) if cache is not None else None
         self.index: Any = cached if cached is not None else _build_faiss(faiss, self.templates, kind, ivf_above)
         if cache is not None and cached is None:
