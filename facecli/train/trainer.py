@@ -151,7 +151,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.augment.names:
             self.dataset.augment = Augmenter(cfg.augment)
-        self.dataset.clean_view = cfg.model.distill > 0
+        # the teacher sees the clean image; without augmentation that is the training image itself, so the
+        # loader converts and ships it once
+        self.dataset.clean_view = cfg.model.distill > 0 and bool(cfg.augment.names)
         model, self.info = build_model(cfg, self.dataset.num_classes)
         # distillation's teacher: the initial backbone, frozen (rebuilt from --init on resume, never saved)
         self.teacher = copy.deepcopy(model.backbone).eval().requires_grad_(False) if cfg.model.distill > 0 else None
@@ -383,7 +385,8 @@ class Trainer:
             teacher = None
             if self.teacher is not None and not freeze:
                 with torch.no_grad(), self.autocast():
-                    teacher = self.teacher(acceleration.input_batch(clean[0], self.device, cfg.channels_last))
+                    clean_images = acceleration.input_batch(clean[0], self.device, cfg.channels_last) if clean else images
+                    teacher = self.teacher(clean_images)
             sync = micro == accumulate - 1 or self.world_size == 1
             ddp = self.ddp_model
             ctx = ddp.no_sync() if isinstance(ddp, nn.parallel.DistributedDataParallel) and not sync else contextlib.nullcontext()
