@@ -101,6 +101,33 @@ class BareFolder(torch.utils.data.Dataset):
         return x, label
 
 
+ARCFACE_SCALE, ARCFACE_MARGIN = 64.0, 0.5
+
+
+def bare_arcface_step(backbone: torch.nn.Module, weight: torch.Tensor, opt: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, images: torch.Tensor, labels: torch.Tensor,
+                      dtype: torch.dtype | None) -> None:
+    """One step written by hand (the peer of facecli's step; also used by gpu_check.py): forward under autocast
+    (none when ``dtype`` is None), ArcFace with arcface_torch's th/mm fallback, cross-entropy, backward, clip 5,
+    step, and the loss read back as facecli reads it every step (for its non-finite guard and metrics)."""
+    m = ARCFACE_MARGIN
+    cos_m, sin_m, th, mm = math.cos(m), math.sin(m), math.cos(math.pi - m), math.sin(math.pi - m) * m
+    with torch.autocast(images.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        emb = backbone(images)
+        cosine = F.linear(F.normalize(emb), F.normalize(weight)).float().clamp(-1, 1)
+    target = cosine.gather(1, labels[:, None])
+    sine = (1 - target * target).clamp(min=0).sqrt()
+    phi = torch.where(target > th, target * cos_m - sine * sin_m, target - mm)
+    loss = F.cross_entropy(cosine.scatter(1, labels[:, None], phi) * ARCFACE_SCALE, labels)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5.0)
+    scaler.step(opt)
+    scaler.update()
+    loss.item()
+
+
 def run_bare(faces: Path, args) -> float:
     from facecli.data.augment import Augmenter
     from facecli.nn.backbones import BACKBONES
@@ -118,29 +145,13 @@ def run_bare(faces: Path, args) -> float:
     opt = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.amp)
-    s, m = 64.0, 0.5
-    cos_m, sin_m, th, mm = math.cos(m), math.sin(m), math.cos(math.pi - m), math.sin(math.pi - m) * m
     backbone.train()
     times = []
     step = 0
     while step < args.warmup + args.steps:
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                emb = backbone(images)
-                cosine = F.linear(F.normalize(emb), F.normalize(weight)).float().clamp(-1, 1)
-            target = cosine.gather(1, labels[:, None])
-            sine = (1 - target * target).clamp(min=0).sqrt()
-            phi = torch.where(target > th, target * cos_m - sine * sin_m, target - mm)
-            logits = cosine.scatter(1, labels[:, None], phi) * s
-            loss = F.cross_entropy(logits, labels)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(backbone.parameters(), 5.0)
-            scaler.step(opt)
-            scaler.update()
-            loss.item()  # facecli reads the loss every step too (for the non-finite guard and metrics)
+            bare_arcface_step(backbone, weight, opt, scaler, images, labels, dtype)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter())

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -37,7 +36,9 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bare loop is bench_train's, so both measure one peer
+from bench_train import bare_arcface_step  # noqa: E402
 
 #: arcface_torch's per-GPU training throughput (samples/s; its published 8-GPU logs / 8, fp16, batch 128 per GPU).
 ARCFACE_TORCH_PER_GPU = {"r50": 690.0, "mbf": 1310.0}
@@ -171,9 +172,6 @@ def train_bare(faces: Path, backbone: str, options: dict[str, Any], precision: s
     opt = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    scale, margin = 64.0, 0.5
-    cos_m, sin_m = math.cos(margin), math.sin(margin)
-    th, mm = math.cos(math.pi - margin), math.sin(math.pi - margin) * margin
     model.train()
     times = [time.perf_counter()]
     while len(times) <= s.warmup + s.steps:
@@ -182,20 +180,7 @@ def train_bare(faces: Path, backbone: str, options: dict[str, Any], precision: s
             if s.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype):
-                emb = model(images)
-                cosine = F.linear(F.normalize(emb), F.normalize(weight)).float().clamp(-1, 1)
-            target = cosine.gather(1, labels[:, None])
-            sine = (1 - target * target).clamp(min=0).sqrt()
-            phi = torch.where(target > th, target * cos_m - sine * sin_m, target - mm)
-            loss = F.cross_entropy(cosine.scatter(1, labels[:, None], phi) * scale, labels)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            scaler.step(opt)
-            scaler.update()
-            loss.item()  # as facecli, which reads the loss every step for its non-finite guard
+            bare_arcface_step(model, weight, opt, scaler, images, labels, dtype)
             times.append(time.perf_counter())
             if len(times) > s.warmup + s.steps:
                 break
