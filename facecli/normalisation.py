@@ -81,3 +81,18 @@ def onnx_preprocessing(proto: Any) -> tuple[Channels, Channels, str, str]:
     rule_mean, rule_std = insightface_normalisation(proto.graph.node)
     found = "insightface rule (graph normalises itself)" if rule_mean == 0.0 else "insightface rule"
     return (rule_mean,) * 3, (rule_std,) * 3, "RGB", found
+
+
+def resolve_onnx_preprocessing(proto: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
+                               bgr: bool | None) -> tuple[Channels, Channels, str, str]:
+    """Rule 1 over rules 2-3: the user's ``mean``/``std``/``bgr`` (each where given) over what the ONNX model
+    declares; returns ``(mean, std, colour, where they came from)``. Eval and ``train --init`` both use it."""
+    found_mean, found_std, color, found_from = onnx_preprocessing(proto)
+    if mean is not None or std is not None or bgr is not None:
+        found_from = "user options"
+    color = color if bgr is None else ("BGR" if bgr else "RGB")
+    return _given_or(mean, found_mean), _given_or(std, found_std), color, found_from
+
+
+def _given_or(given: Sequence[float] | None, found: Channels) -> Channels:
+    return (float(given[0]), float(given[1]), float(given[2])) if given else found

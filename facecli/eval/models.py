@@ -31,8 +31,8 @@ from facecli.normalisation import (
     INSIGHTFACE_MEAN,
     INSIGHTFACE_STD,
     check_normalisation,
-    onnx_preprocessing,
     parse_channels,
+    resolve_onnx_preprocessing,
 )
 from facecli.registry import Registry
 
@@ -230,9 +230,7 @@ def load_onnx(
     except Exception as exc:
         raise CorruptFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     meta = {p.key: p.value for p in proto.metadata_props}
-    meta_mean, meta_std, color, found_from = onnx_preprocessing(proto)
-    if mean is not None or std is not None or bgr is not None:
-        found_from = "user options"
+    net_mean, net_std, color, found_from = resolve_onnx_preprocessing(proto, mean, std, bgr)
     providers = _onnx_providers(device)
     proto, session = _cpu_friendly_session(path, proto, providers)
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -263,9 +261,9 @@ def load_onnx(
         declared_batch,
         input_size=shape[2],
         embedding_size=embedding_size,
-        color="BGR" if bgr else ("RGB" if bgr is False else color),
-        mean=mean or meta_mean,
-        std=std or meta_std,
+        color=color,
+        mean=net_mean,
+        std=net_std,
         preprocessing_from=found_from,
         batch_size=batch_size,
         architecture=meta.get("facecli.architecture"),

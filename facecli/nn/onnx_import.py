@@ -31,7 +31,7 @@ from torch import nn
 from facecli.errors import CorruptFileError, FacecliError, UsageError
 from facecli.nn.backbones.onnx_graph import ImportedBackbone
 from facecli.nn.inference import model_info
-from facecli.normalisation import onnx_preprocessing
+from facecli.normalisation import INSIGHTFACE_MEAN, INSIGHTFACE_STD, resolve_onnx_preprocessing
 from facecli.onnxtorch import graph_spec
 
 #: The input size of every facecli training pipeline.
@@ -57,15 +57,6 @@ def recognition_spec(proto: Any, path: Path) -> tuple[dict[str, Any], dict[str, 
     return spec, state
 
 
-def preprocessing(proto: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
-                  bgr: bool | None) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
-    """The network's own input normalisation: the user's options, else facecli metadata, else insightface's rule."""
-    found_mean, found_std, color, _ = onnx_preprocessing(proto)
-    found_bgr = color == "BGR"
-    return (tuple(mean or found_mean or ()), tuple(std or found_std or ()),
-            found_bgr if bgr is None else bool(bgr))
-
-
 def import_onnx(path: str | os.PathLike, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                 bgr: bool | None = None, check: bool = True,
                 facecli_classes: bool = True) -> tuple[nn.Module, dict[str, Any]]:
@@ -87,7 +78,8 @@ def import_onnx(path: str | os.PathLike, mean: Sequence[float] | None = None, st
     except Exception as exc:  # noqa: BLE001 - protobuf errors of every kind mean the same to the user
         raise CorruptFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     spec, state = recognition_spec(proto, path)
-    net_mean, net_std, net_bgr = preprocessing(proto, mean, std, bgr)
+    net_mean, net_std, color, _ = resolve_onnx_preprocessing(proto, mean, std, bgr)
+    net_bgr = color == "BGR"
     options = {"graph": spec, "mean": list(net_mean), "std": list(net_std), "bgr": net_bgr}
     backbone = ImportedBackbone(spec, net_mean, net_std, net_bgr)
     backbone.graph.load_state_dict(state, strict=True)
@@ -101,7 +93,7 @@ def import_onnx(path: str | os.PathLike, mean: Sequence[float] | None = None, st
         diff = compare_with_onnxruntime(backbone, path)
         if not diff <= TOLERANCE:
             raise FacecliError(f"{path}: the imported network differs from onnxruntime by {diff:.3g} (> {TOLERANCE})")
-    if facecli_classes and (net_mean, net_std, net_bgr) == ((127.5,) * 3, (127.5,) * 3, False):
+    if facecli_classes and (net_mean, net_std, net_bgr) == ((INSIGHTFACE_MEAN,) * 3, (INSIGHTFACE_STD,) * 3, False):
         found = _as_facecli_backbone(proto, spec, state, backbone, embedding_size)
         if found is not None:
             return found[0], {**found[1], "source": path.name}
