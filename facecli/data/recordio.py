@@ -618,15 +618,18 @@ def read_ms1m_layout(reader: RecordReader) -> tuple[list[int], np.ndarray]:
       is ``label[0]``.
     * flat layout (im2rec, ``--layout-out flat``): every key in ``.idx`` order, the label from its header.
     """
-    keys = reader.key_array
-    image_keys: np.ndarray = keys
+    image_keys = ms1m_image_keys(reader)
+    labels = _labels_of(reader, image_keys)
+    return image_keys.tolist(), labels
+
+
+def ms1m_image_keys(reader: RecordReader) -> np.ndarray:
+    """The image keys of :func:`read_ms1m_layout`, from record 0's header alone (no image record is read)."""
     if 0 in reader:
         header, _ = reader.read_header(0)
         if header.flag > 0:
-            first_identity_key = int(np.atleast_1d(header.label)[0])
-            image_keys = np.arange(1, first_identity_key, dtype=np.int64)
-    labels = _labels_of(reader, image_keys)
-    return image_keys.tolist(), labels
+            return np.arange(1, int(first_label(header.label)), dtype=np.int64)
+    return reader.key_array
 
 
 def _labels_of(reader: RecordReader, image_keys: np.ndarray) -> np.ndarray:

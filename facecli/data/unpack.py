@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from facecli.data.payloads import probe
-from facecli.data.recordio import RecordReader, first_label, read_ms1m_layout, sidecar_path, unpack
+from facecli.data.recordio import RecordReader, first_label, ms1m_image_keys, sidecar_path, unpack
 from facecli.errors import CorruptFileError, UsageError
 from facecli.fileio import atomic_write_bytes
 from facecli.imageio import ImageReadError
@@ -96,14 +96,8 @@ def _image_keys(reader: RecordReader) -> tuple[list[int], str]:
     record) falls back to every key its header record names, else every indexed key: each is then read on its own,
     so one damaged record costs that record only."""
     try:
-        image_keys, _ = read_ms1m_layout(reader)
-    except CorruptFileError:
-        try:
-            header0, _ = unpack(reader.read(0)) if 0 in reader else (None, b"")
-        except (CorruptFileError, ValueError):
-            header0 = None
-        if header0 is not None and header0.flag > 0:
-            return [k for k in range(1, int(first_label(header0.label))) if k in reader], "ms1m"
+        image_keys = [k for k in ms1m_image_keys(reader).tolist() if k in reader]
+    except (CorruptFileError, ValueError):  # record 0 is damaged: every indexed key, each read on its own
         return list(reader.keys), "flat"
     ms1m = 0 in reader and image_keys and image_keys[0] == 1 and len(image_keys) < len(reader)
     return image_keys, "ms1m" if ms1m else "flat"
