@@ -88,7 +88,7 @@ def test_train_and_resume_from_the_command_line(shared_dir, tmp_path, run_cli):
     faces = centre_crops(shared_dir / "data" / "lfw-sample", tmp_path / "faces",
                          {"Al_Gore", "Ana_Palacio", "George_Clooney", "Mary_Carey"})
     tiny = ["model.backbone_options={blocks=[1,1,1,1],scale=1}", "model.embedding_size=16"]
-    res = run_cli("train", faces, "--out", tmp_path / "run", "--steps", "2", "-b", "4", "--workers", "0", *tiny,
+    res = run_cli("train", faces, "--out", tmp_path / "run", "--steps", "2", "--batch-size", "4", "--workers", "0", *tiny,
                   "--json")
     assert res.returncode == 0, res.stderr
     assert res.json()["steps"] == 2 and res.json()["num_classes"] == 4

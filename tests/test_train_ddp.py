@@ -91,10 +91,10 @@ def test_torchrun_launch_with_partial_fc(faces, tmp_path):
             *[f"{k}={v}" for k, v in TINY_BACKBONE.items() if k != "model.backbone_options"]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "facecli", "train", *args, "--out", str(tmp_path / "one"),
-                             "-b", "16"], capture_output=True, text=True, env=env, timeout=600)
+                             "--batch-size", "16"], capture_output=True, text=True, env=env, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
     multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                            "-m", "facecli", "train", *args, "--out", str(tmp_path / "two"), "-b", "8", "--json"],
+                            "-m", "facecli", "train", *args, "--out", str(tmp_path / "two"), "--batch-size", "8", "--json"],
                            capture_output=True, text=True, env=env, timeout=600)
     assert multi.returncode == 0, multi.stderr[-2000:]
     import json

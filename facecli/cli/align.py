@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
+from facecli.cli.common import UI
+from facecli.cli.options import JsonOpt, QuietOpt, VerboseOpt
 from facecli.errors import UsageError
 
 _HELP = """Detect faces under RAW (a folder, any depth, or one image) and write insightface-exact ArcFace crops into

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
+from facecli.cli.common import UI
+from facecli.cli.options import JsonOpt, QuietOpt, VerboseOpt
 
 DataArg = Annotated[Path, typer.Argument(
     help="The training data of the run: an image folder (ROOT/identity/*.jpg) or a .rec.")]

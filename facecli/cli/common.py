@@ -1,4 +1,4 @@
-"""What every verb shares: ``--json``, ``-v/--verbose``, ``--quiet``, and one way to print results and progress.
+"""What every verb shares: one way to print results and progress (the shared options are in ``options``).
 
 Results go to stdout (a rich table, or JSON with ``--json``); progress bars, warnings and logs go to stderr so that
 ``facecli ... --json | jq`` always sees clean JSON.
@@ -11,9 +11,8 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
-import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -24,10 +23,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail (repeat for more).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors; no progress bar or table.")]
 
 
 def to_jsonable(value: Any) -> Any:

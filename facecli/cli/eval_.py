@@ -7,7 +7,18 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
+from facecli.cli.common import UI
+from facecli.cli.options import (
+    BatchSizeOpt,
+    BgrOpt,
+    DeviceOpt,
+    JsonOpt,
+    MeanOpt,
+    ModelsOpt,
+    QuietOpt,
+    StdOpt,
+    VerboseOpt,
+)
 from facecli.errors import UsageError
 
 FLIP_HELP = (
@@ -17,13 +28,7 @@ FLIP_HELP = (
 
 
 def eval_command(
-    model: Annotated[
-        Optional[List[Path]],
-        typer.Option(
-            "--model", "-m",
-            help="ONNX file, facecli checkpoint or run directory; repeat to compare models.",
-        ),
-    ] = None,
+    model: ModelsOpt = None,
     bench: Annotated[
         Optional[List[str]],
         typer.Option(
@@ -97,26 +102,12 @@ def eval_command(
         Optional[int],
         typer.Option("--nfolds", help="Verification folds (default 10, or the pairs file's header)."),
     ] = None,
-    mean: Annotated[
-        Optional[str],
-        typer.Option("--mean", help="Input mean in 0-255 pixel units: one value or three (R,G,B)."),
-    ] = None,
-    std: Annotated[
-        Optional[str],
-        typer.Option("--std", help="Input std in 0-255 pixel units: one value or three."),
-    ] = None,
-    bgr: Annotated[
-        Optional[bool],
-        typer.Option("--bgr/--rgb", help="Channel order the model expects (default: from the model)."),
-    ] = None,
-    batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", min=1, show_default=False, help="Faces per network call (default: 8 on CPU, 64 on GPU).")
-    ] = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    bgr: BgrOpt = None,
+    batch_size: BatchSizeOpt = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Threads decoding/aligning images.")] = 4,
-    device: Annotated[
-        str,
-        typer.Option("--device", help="cpu, cuda or tensorrt (ONNX) / cuda (checkpoints)."),
-    ] = "cpu",
+    device: DeviceOpt = "cpu",
     cache: Annotated[
         Optional[Path],
         typer.Option("--cache", help="Folder for per-image features: reused and resumed."),

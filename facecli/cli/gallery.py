@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt, to_jsonable
+from facecli.cli.common import UI, to_jsonable
+from facecli.cli.options import BatchSizeOpt, BgrOpt, DeviceOpt, JsonOpt, MeanOpt, QuietOpt, StdOpt, VerboseOpt
 
 sub = typer.Typer(
     help="Open-set identification: enrol identities, calibrate a threshold on strangers, search, evaluate.",
@@ -24,11 +25,6 @@ ModelOpt = Annotated[
     Optional[str],
     typer.Option("--model", "-m", help="ONNX model or facecli run/checkpoint. Default: the gallery's own model."),
 ]
-MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Input mean in 0-255 pixel units (one or per channel).")]
-StdOpt = Annotated[Optional[str], typer.Option("--std", help="Input std in 0-255 pixel units (one or per channel).")]
-BgrOpt = Annotated[Optional[bool], typer.Option("--bgr/--rgb", help="Colour order the model expects.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, show_default=False, help="Faces per network call (default: 8 on CPU, 64 on GPU).")]
 AlignOpt = Annotated[
     Optional[bool],
     typer.Option("--align/--no-align", help="Detect and align faces in raw photos (default: as the gallery was built)."),
@@ -117,7 +113,7 @@ def build(
         ),
     ] = None,
     device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = None,
+    batch_size: BatchSizeOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
@@ -178,7 +174,7 @@ def calibrate(
     align: AlignOpt = None,
     select: SelectOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = None,
+    batch_size: BatchSizeOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
@@ -278,7 +274,7 @@ def search(
     align: AlignOpt = None,
     select: SelectOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = None,
+    batch_size: BatchSizeOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
@@ -343,7 +339,7 @@ def evaluate(
     align: AlignOpt = None,
     select: SelectOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = None,
+    batch_size: BatchSizeOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
@@ -403,7 +399,7 @@ def add(
     align: AlignOpt = None,
     select: SelectOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: BatchOpt = None,
+    batch_size: BatchSizeOpt = None,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,

@@ -13,7 +13,8 @@ from typing import Annotated, List, Optional
 import typer
 from typer.core import TyperGroup
 
-from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
+from facecli.cli.common import UI
+from facecli.cli.options import JsonOpt, QuietOpt, VerboseOpt
 from facecli.errors import UsageError
 
 

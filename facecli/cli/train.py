@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any, List, Optional
 
 import typer
 
-from facecli.cli.common import UI, JsonOpt, QuietOpt, VerboseOpt
+from facecli.cli.common import UI
+from facecli.cli.options import BgrOpt, JsonOpt, MeanOpt, QuietOpt, StdOpt, VerboseOpt
 from facecli.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,7 +24,7 @@ def train(
     out: Annotated[Optional[Path], Opt("--out", "-o", help="Run directory (checkpoints, metrics.csv, config.toml).")] = None,
     backbone: Annotated[Optional[str], Opt(help="iresnet18/34/50/100/200, mobilefacenet, mobilefacenet-large, vit_t, vit_s, vit_b.")] = None,
     head: Annotated[Optional[str], Opt(help="Margin head or embedding loss (see --list-heads).")] = None,
-    batch_size: Annotated[Optional[int], Opt("--batch-size", "-b", help="Images per process per micro-batch.")] = None,
+    batch_size: Annotated[Optional[int], Opt("--batch-size", help="Images per process per micro-batch.")] = None,
     steps: Annotated[Optional[int], Opt(help="Optimiser steps (default 100).")] = None,
     epochs: Annotated[Optional[float], Opt(help="Train this many epochs instead of --steps.")] = None,
     lr: Annotated[Optional[float], Opt(help="Base learning rate.")] = None,
@@ -48,13 +49,9 @@ def train(
     init: Annotated[Optional[Path], Opt(
         "--init", help="Fine-tune a pretrained backbone: an ONNX recognition model, a facecli run/checkpoint or an "
                        "arcface_torch .pt (sets the fine-tuning defaults, see the README).")] = None,
-    mean: Annotated[Optional[str], Opt(
-        "--mean", help="--init MODEL.onnx: its input mean, one value or R,G,B (0-255 units).")] = None,
-    std: Annotated[Optional[str], Opt(
-        "--std", help="--init MODEL.onnx: its input std, one value or R,G,B (0-255 units).")] = None,
-    bgr: Annotated[Optional[bool], Opt(
-        "--bgr/--rgb", help="--init MODEL.onnx: its colour order (default: from the file, else RGB).",
-        show_default=False)] = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    bgr: BgrOpt = None,
     augment: Annotated[Optional[str], Opt(
         "--augment", help="Comma-separated: lowres, crop, photometric, grayscale (options: augment.KEY=VALUE).")] = None,
     freeze_backbone_steps: Annotated[Optional[int], Opt("--freeze-backbone-steps", help="Train only the head for the first N steps.")] = None,
