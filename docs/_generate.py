@@ -1,4 +1,4 @@
-"""The generated parts of the docs: the CLI reference from every command's ``--help``, the heads table from the registry.
+"""The generated parts of the docs: the CLI reference from every ``--help``, the heads table from the registry.
 
 Hand-written copies of ``--help`` and of the heads' defaults go stale the day someone edits an option; these are
 rendered from the code instead. cog markers in ``docs/cli-reference.md`` and ``docs/heads.md`` call the functions
@@ -45,11 +45,16 @@ def command_paths() -> list[tuple[str, ...]]:
 
 def command_help(path: tuple[str, ...]) -> str:
     """``facecli ... --help`` rendered in process at :data:`WIDTH` columns, without colour or trailing blanks."""
+    from unittest import mock
+
+    from typer import rich_utils
     from typer.testing import CliRunner
 
     from facecli.cli.app import app
 
-    result = CliRunner().invoke(app, [*path[1:], "--help"], env=_ENV, color=False, prog_name=path[0])
+    # typer fixes the width from $TERMINAL_WIDTH when it is imported, which would beat $COLUMNS: pin it for this call
+    with mock.patch.object(rich_utils, "MAX_WIDTH", WIDTH):
+        result = CliRunner().invoke(app, [*path[1:], "--help"], env=_ENV, color=False, prog_name=path[0])
     if result.exit_code != 0:
         raise RuntimeError(f"{' '.join(path)} --help exited {result.exit_code}: {result.output}")
     lines = [_ANSI.sub("", line).rstrip() for line in result.output.splitlines()]
@@ -57,7 +62,7 @@ def command_help(path: tuple[str, ...]) -> str:
 
 
 def anchor(path: tuple[str, ...]) -> str:
-    """The GitHub anchor of a command's section in cli-reference.md (``facecli gallery build`` → ``facecli-gallery-build``)."""
+    """The anchor of a command's section in cli-reference.md: ``facecli gallery build`` → ``facecli-gallery-build``."""
     return "-".join(path)
 
 
