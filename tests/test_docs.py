@@ -131,8 +131,12 @@ def test_slug_follows_github() -> None:
     assert slug("Your own data: K-Face (AI Hub 한국인 안면 이미지)") == "your-own-data-k-face-ai-hub-한국인-안면-이미지"
 
 
-@pytest.mark.parametrize("page", [REPO / "README.md", *PAGES], ids=lambda p: str(p.relative_to(REPO)))
+LINKED_PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", *PAGES]
+
+
+@pytest.mark.parametrize("page", LINKED_PAGES, ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_resolve(page: Path) -> None:
+    """Links to files and headings of the repository (web links are not fetched)."""
     broken = []
     for line in prose_lines(page):
         for target in LINK.findall(re.sub(r"`[^`]*`(?!\])", "", line)):
