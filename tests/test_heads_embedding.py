@@ -56,6 +56,15 @@ def ref_triplet(emb, labels, margin, mining, squared):
     return torch.stack(terms).mean() if terms else emb.sum() * 0.0
 
 
+def ref_center(emb, labels, centres):
+    """L_C = ½ · mean over the batch of ‖x_i − c_{y_i}‖² (the centres before this batch's update)."""
+    return 0.5 * sum(((emb[i] - centres[labels[i]]) ** 2).sum() for i in range(len(emb))) / len(emb)
+
+
+#: the reference of every registered loss that is not a margin head (tests/test_heads_margin.py checks the registry)
+REFERENCES = {"contrastive": ref_contrastive, "triplet": ref_triplet, "center": ref_center}
+
+
 def pk_batch(seed=0, p=3, k=3, dim=8):
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(p).repeat_interleave(k)
@@ -137,7 +146,7 @@ def test_center_loss_value_and_paper_update():
     x = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]], requires_grad=True)
     y = torch.tensor([2, 2, 0, 3])
     value = loss(x, y)
-    expected = 0.5 * sum(((x[i] - old[y[i]]) ** 2).sum() for i in range(4)) / 4
+    expected = ref_center(x, y, old)
     assert value.item() == pytest.approx(expected.item())
     value.backward()
     torch.testing.assert_close(x.grad, (x.detach() - old[y]) / 4)
