@@ -18,7 +18,7 @@
 #
 # The model trained from scratch sees 16 people for a minute: it proves the chain runs, it does not recognise faces.
 # The pretrained MobileFaceNet (examples/models, Apache-2.0, see its README) does: the evaluation and the gallery use
-# it. The README explains each step and how to swap in your own data and model.
+# it. docs/tutorial.md explains each step and how to swap in your own data and model.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

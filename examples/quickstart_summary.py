@@ -107,7 +107,7 @@ def main(out: Path, seconds: str = "") -> None:
     console.print(
         "The model trained from scratch for a minute on 16 people is a smoke test: expect chance-level numbers. The "
         "pretrained MobileFaceNet recognises faces; the short fine-tune adapts it to the training people (on so few "
-        "photos and steps, expect it to stay close to the pretrained model). See the README.",
+        "photos and steps, expect it to stay close to the pretrained model). See docs/tutorial.md.",
         highlight=False,
     )
 

@@ -49,7 +49,7 @@ def single(photos) -> Path:
 
 
 def test_job_array_of_concurrent_shards_merges_into_the_single_run(photos, single):
-    """What the README's Slurm/Kubernetes recipe does: N processes, one shard each (from RANK/WORLD_SIZE as an
+    """What docs/align.md's Slurm/Kubernetes recipe does: N processes, one shard each (from RANK/WORLD_SIZE as an
     indexed Job sets them, or --shard), all writing into one OUT at the same time; then --merge-manifests."""
     out = photos.parent / "array"
     count = 3
