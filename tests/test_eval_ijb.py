@@ -143,7 +143,7 @@ def test_loose_crops_are_aligned_with_the_protocol_landmarks(shared_dir, insight
     from facecli.align.transform import align
     from facecli.eval import load_model
     from facecli.eval.embed import embed_with_flip
-    from facecli.eval.runner import evaluate_ijb, ijb_image_features
+    from facecli.eval.runner import RunOptions, evaluate_ijb, ijb_image_features
     from facecli.imageio import read_image
 
     faces = json.loads((shared_dir / "golden" / "align" / "expected.json").read_text())["faces"]
@@ -163,7 +163,7 @@ def test_loose_crops_are_aligned_with_the_protocol_landmarks(shared_dir, insight
 
     model = load_model(shared_dir / "models" / "mobilefacenet_foamliu.onnx")
     protocol = ijb.read_protocol(tmp_path, "ijbc")
-    feats = ijb_image_features(model, protocol, workers=2, cache_dir=tmp_path / "cache")
+    feats = ijb_image_features(model, protocol, RunOptions(workers=2, cache=tmp_path / "cache"))
     photo = read_image(insightface_t1)
     crops = np.stack([align(photo, np.round(np.array(f["landmarks_float"], np.float32), 3), 112) for f in faces])
     emb, emb_flip = embed_with_flip(model, crops)

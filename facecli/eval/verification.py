@@ -22,8 +22,8 @@ allows, ROC AUC, EER, and the single deployment threshold as a cosine similarity
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class _Counts:
     n_diff: int
 
     @classmethod
-    def of(cls, dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> "_Counts":
+    def of(cls, dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> _Counts:
         genuine = np.sort(dist[issame])
         impostor = np.sort(dist[~issame])
         return cls(
