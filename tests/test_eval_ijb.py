@@ -84,7 +84,8 @@ def test_one_to_n_open_set_golden(golden):
     assert [g.name for g in result.galleries] == ["G1", "G2"]
     for g in result.galleries:
         e = expected[g.name]
-        assert (g.n_gallery, g.n_mated, g.n_nonmated) == (e["n_gallery_templates"], e["n_mated_probes"], e["n_nonmated_probes"])
+        counts = (e["n_gallery_templates"], e["n_mated_probes"], e["n_nonmated_probes"])
+        assert (g.n_gallery, g.n_mated, g.n_nonmated) == counts
         assert [g.rank_counts[k] for k in (1, 5, 10)] == [e["top1_count"], e["top5_count"], e["top10_count"]]
         for point in e["tpir_at_fpir"]:
             assert g.tpir[point["fpir"]] == point["tpir"]

@@ -102,5 +102,6 @@ def test_model_without_quality_metadata_warns_but_applies_threshold(run_cli, sha
     # at the median norm half the 80 images are low quality, so at least 20 of the 40 pairs have one
     assert out["quality"]["low_quality_images"] == 40
     assert 20 <= out["quality"]["low_quality_pairs"] < 40
-    assert out["quality"]["pooled_genuine"] + out["quality"]["pooled_impostor"] == 40 - out["quality"]["low_quality_pairs"]
+    pooled = out["quality"]["pooled_genuine"] + out["quality"]["pooled_impostor"]
+    assert pooled == 40 - out["quality"]["low_quality_pairs"]
     assert out["accuracy"] == base.json()["results"][0]["accuracy"]

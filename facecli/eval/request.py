@@ -8,7 +8,7 @@ from Python. Paths may be given as strings; they are kept as :class:`~pathlib.Pa
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,10 +70,8 @@ class EvalRequest:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
-        models = [self.models] if isinstance(self.models, (str, os.PathLike)) else self.models
-        object.__setattr__(self, "models", tuple(Path(m) for m in models))
-        benches = [self.benchmarks] if isinstance(self.benchmarks, (str, os.PathLike)) else self.benchmarks
-        object.__setattr__(self, "benchmarks", tuple(str(b) for b in benches))
+        object.__setattr__(self, "models", tuple(Path(m) for m in _entries(self.models)))
+        object.__setattr__(self, "benchmarks", tuple(str(b) for b in _entries(self.benchmarks)))
         object.__setattr__(self, "resolved", tuple(self._check()))
 
     def _check(self) -> list[Benchmark]:
@@ -126,3 +124,12 @@ class EvalRequest:
         """The settings each model × benchmark run shares."""
         return RunOptions(self.flip, self.nfolds, self.workers, self.cache, self.bootstrap, self.quality_threshold)
 
+
+
+def _entries(value: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None) -> list[str | os.PathLike[str]]:
+    """A sequence field as a list: one path or name alone counts as one entry, None as none."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    return list(value)
