@@ -124,8 +124,8 @@ def eval_command(
 
     ui = UI(json=json_out, verbose=verbose, quiet=quiet)
     request = EvalRequest(
-        models=tuple(model or ()),
-        benchmarks=tuple(bench or ()),
+        models=model or (),
+        benchmarks=bench or (),
         data_root=data_root,
         pairs=pairs,
         images=images,

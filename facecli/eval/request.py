@@ -91,7 +91,7 @@ class EvalRequest:
             raise UsageError("--features is for IJB: add --bench ijbc (or ijbb) and --data-root")
         if not (named or self.pairs or self.embeddings):
             raise UsageError("nothing to evaluate: give --bench, --pairs/--images or --embeddings/--issame")
-        resolved = self._given(named)
+        resolved = self._in_order(named)
         if not self.models and any(BENCHMARK_KINDS.build(b.kind, bench=b, request=self).uses_model() for b in resolved):
             raise UsageError("--model is required to embed images")
         check_normalisation(parse_channels(self.mean, "mean"), parse_channels(self.std, "std"))
@@ -110,15 +110,15 @@ class EvalRequest:
             if value is not None and value < least:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
 
-    def _given(self, named: list[Benchmark]) -> list[Benchmark]:
+    def _in_order(self, named: list[Benchmark]) -> list[Benchmark]:
         """``named`` with the precomputed embeddings before them and the pairs file after them."""
-        given = []
+        ordered = []
         if self.embeddings is not None and self.issame is not None:
-            given.append(Benchmark(self.issame.stem, "embeddings", self.embeddings))
-        given += named
+            ordered.append(Benchmark(self.issame.stem, "embeddings", self.embeddings))
+        ordered += named
         if self.pairs is not None and self.images is not None:
-            given.append(Benchmark(self.pairs.stem, "pairs", self.pairs, self.images, self.align))
-        return given
+            ordered.append(Benchmark(self.pairs.stem, "pairs", self.pairs, self.images, self.align))
+        return ordered
 
     def run_options(self) -> RunOptions:
         """The settings each model × benchmark run shares."""
