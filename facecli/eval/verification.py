@@ -275,9 +275,6 @@ def verify(
     fpr_curve, tpr_curve, _ = roc_lib.roc(similarities, issame)
     all_counts = _Counts.of(dist, issame, ACCURACY_THRESHOLDS)
     best_all = float(ACCURACY_THRESHOLDS[int(np.argmax(all_counts.accuracy()))])
-    raw_norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=1)
-    if embeddings_flip is not None:
-        raw_norms = np.concatenate([raw_norms, np.linalg.norm(np.asarray(embeddings_flip, dtype=np.float64), axis=1)])
 
     result = VerificationResult(
         accuracy=float(np.mean(folds.accuracy)),
@@ -303,11 +300,19 @@ def verify(
         nfolds=len(folds.accuracy),
         distances=dist,
         issame=issame,
-        xnorm=float(raw_norms.mean()),
+        xnorm=_mean_norm(embeddings, embeddings_flip),
     )
     if bootstrap > 0:
         result.intervals = _bootstrap_intervals(genuine, impostor, result, bootstrap)
     return result
+
+
+def _mean_norm(embeddings: np.ndarray, embeddings_flip: np.ndarray | None) -> float:
+    """The mean raw norm over every embedding and mirror embedding: insightface's logged ``XNorm``."""
+    raw_norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=1)
+    if embeddings_flip is not None:
+        raw_norms = np.concatenate([raw_norms, np.linalg.norm(np.asarray(embeddings_flip, dtype=np.float64), axis=1)])
+    return float(raw_norms.mean())
 
 
 @dataclass
