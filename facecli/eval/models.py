@@ -457,7 +457,7 @@ class OnnxFormat(ModelFormat):
 class CheckpointFormat(ModelFormat):
     """A facecli checkpoint or run directory (or an arcface_torch state dict) on torch (:func:`load_checkpoint`)."""
 
-    description = "a .pt/.pth checkpoint or a run directory"
+    description = f"a {'/'.join(CHECKPOINT_SUFFIXES)} checkpoint or a run directory"
     load = staticmethod(load_checkpoint)
 
     def matches(self, path: Path) -> bool:
