@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,7 +45,7 @@ class Recorder:
         self.details: list[str] = []
 
     @contextmanager
-    def progress(self, description: str, total: int | None):
+    def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
         done = [0]
 
         def advance(n: int = 1) -> None:
