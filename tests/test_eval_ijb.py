@@ -84,7 +84,8 @@ def test_one_to_n_open_set_golden(golden):
     assert [g.name for g in result.galleries] == ["G1", "G2"]
     for g in result.galleries:
         e = expected[g.name]
-        assert (g.n_gallery, g.n_mated, g.n_nonmated) == (e["n_gallery_templates"], e["n_mated_probes"], e["n_nonmated_probes"])
+        counts = (e["n_gallery_templates"], e["n_mated_probes"], e["n_nonmated_probes"])
+        assert (g.n_gallery, g.n_mated, g.n_nonmated) == counts
         assert [g.rank_counts[k] for k in (1, 5, 10)] == [e["top1_count"], e["top5_count"], e["top10_count"]]
         for point in e["tpir_at_fpir"]:
             assert g.tpir[point["fpir"]] == point["tpir"]
@@ -143,7 +144,7 @@ def test_loose_crops_are_aligned_with_the_protocol_landmarks(shared_dir, insight
     from facecli.align.transform import align
     from facecli.eval import load_model
     from facecli.eval.embed import embed_with_flip
-    from facecli.eval.runner import evaluate_ijb, ijb_image_features
+    from facecli.eval.runner import RunOptions, evaluate_ijb, ijb_image_features
     from facecli.imageio import read_image
 
     faces = json.loads((shared_dir / "golden" / "align" / "expected.json").read_text())["faces"]
@@ -163,7 +164,7 @@ def test_loose_crops_are_aligned_with_the_protocol_landmarks(shared_dir, insight
 
     model = load_model(shared_dir / "models" / "mobilefacenet_foamliu.onnx")
     protocol = ijb.read_protocol(tmp_path, "ijbc")
-    feats = ijb_image_features(model, protocol, workers=2, cache_dir=tmp_path / "cache")
+    feats = ijb_image_features(model, protocol, RunOptions(workers=2, cache=tmp_path / "cache"))
     photo = read_image(insightface_t1)
     crops = np.stack([align(photo, np.round(np.array(f["landmarks_float"], np.float32), 3), 112) for f in faces])
     emb, emb_flip = embed_with_flip(model, crops)

@@ -9,7 +9,7 @@ import pytest
 from facecli.errors import CorruptFileError, UsageError
 from facecli.eval import embed, load_model
 from facecli.eval.embed import embed_with_flip
-from facecli.eval.models import OnnxEmbeddingModel, default_batch_size
+from facecli.eval.models import MODEL_FORMATS, OnnxEmbeddingModel, default_batch_size, model_format
 from facecli.normalisation import check_normalisation, parse_channels
 
 IMAGENET_MEAN = "123.675,116.28,103.53"
@@ -52,7 +52,8 @@ def test_checkpoint_embeds_like_pytorch(checkpoint, faces):
     model = load_model(checkpoint["pth"], batch_size=4)
     assert model.kind == "checkpoint" and model.embedding_size == 128 and model.input_size == 112
     assert (model.color, model.mean, model.std) == ("RGB", (127.5,) * 3, (127.5,) * 3)
-    np.testing.assert_allclose(model.embed_batch(faces), torch_reference(checkpoint["net"], faces), rtol=1e-4, atol=1e-4)
+    expected = torch_reference(checkpoint["net"], faces)
+    np.testing.assert_allclose(model.embed_batch(faces), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_run_directory_is_a_model(checkpoint, tmp_path, faces):
@@ -71,7 +72,8 @@ def test_facecli_onnx_reads_its_metadata(checkpoint, faces):
     info = model.describe()
     assert info["preprocessing_from"] == "facecli metadata" and info["architecture"] == "mobilefacenet"
     assert model.fixed_batch is None and model.embedding_size == 128
-    np.testing.assert_allclose(model.embed_batch(faces), torch_reference(checkpoint["net"], faces), rtol=1e-4, atol=1e-4)
+    expected = torch_reference(checkpoint["net"], faces)
+    np.testing.assert_allclose(model.embed_batch(faces), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_batch_size_defaults_to_the_device_and_yields_to_the_user(checkpoint):
@@ -105,7 +107,10 @@ def _tiny_onnx(path, node_names):
         "toy",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
         [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor("m", TensorProto.FLOAT, [], [127.5]), helper.make_tensor("s", TensorProto.FLOAT, [], [0.0078125])],
+        [
+            helper.make_tensor("m", TensorProto.FLOAT, [], [127.5]),
+            helper.make_tensor("s", TensorProto.FLOAT, [], [0.0078125]),
+        ],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     return path
@@ -193,7 +198,7 @@ def test_prelu_rewrite_gives_the_same_bits(tmp_path, faces):
     for blob in (pixels, noise):
         expected, *others = (s.run(None, {"data": blob}) for s in sessions)
         for got in others:
-            assert all(np.array_equal(e, g) for e, g in zip(expected, got))
+            assert all(np.array_equal(e, g) for e, g in zip(expected, got, strict=True))
 
 
 def test_onnx_models_load_with_prelu_rewritten(tmp_path, checkpoint, faces, monkeypatch):
@@ -265,12 +270,25 @@ def test_flip_fusion_modes(shared_dir, faces):
         embed(model, faces, flip="mirror")
 
 
+def test_each_format_claims_its_own_paths(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "odd.onnx").mkdir()  # a folder is a run directory whatever its name
+    cases = {"m.onnx": "onnx", "M.ONNX": "onnx", "b.pt": "checkpoint", "b.pth": "checkpoint", "b.ckpt": "checkpoint",
+             "run": "checkpoint", "odd.onnx": "checkpoint"}
+    for name, expected in cases.items():
+        assert model_format(tmp_path / name) == expected, name
+        claimed = [f for f in MODEL_FORMATS.names() if MODEL_FORMATS.build(f).matches(tmp_path / name)]
+        assert claimed == [expected], name  # exactly one format claims each path
+
+
 def test_bad_model_inputs(tmp_path):
     with pytest.raises(UsageError, match="model not found"):
         load_model(tmp_path / "missing.onnx")
     (tmp_path / "model.h5").write_bytes(b"x")
-    with pytest.raises(UsageError, match="unknown model format"):
+    with pytest.raises(UsageError, match="unknown model format") as refused:
         load_model(tmp_path / "model.h5")
+    for name in MODEL_FORMATS.names():  # the message names every registered format
+        assert MODEL_FORMATS.build(name).description in str(refused.value)
     (tmp_path / "broken.onnx").write_bytes(b"not a protobuf at all")
     with pytest.raises(CorruptFileError):
         load_model(tmp_path / "broken.onnx")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from facecli.eval.roc import auc, roc
-from facecli.eval.runner import verify_with_quality
+from facecli.eval.runner import RunOptions, verify_with_quality
 
 
 def _synthetic(tmp_path, n_pairs: int = 300, seed: int = 0):
@@ -78,10 +78,10 @@ def test_threshold_that_leaves_no_pairs_is_a_usage_error(run_cli, tmp_path):
 def test_quality_uses_unflipped_embedding_and_concat_flip(tmp_path):
     emb, issame, low = _synthetic(tmp_path, n_pairs=40, seed=1)
     flipped = emb * 3.0  # a larger norm in the mirror image must not lift the quality of a face
-    result, quality = verify_with_quality(emb, issame, flipped, "concat", 10, quality_threshold=12)
+    result, quality = verify_with_quality(emb, issame, flipped, RunOptions("concat", 10, quality_threshold=12))
     assert quality.n_low_pairs == int(low.sum()) == 8
     assert np.allclose(quality.norms, np.linalg.norm(emb, axis=1))
-    unfiltered, _ = verify_with_quality(emb, issame, flipped, "concat", 10)
+    unfiltered, _ = verify_with_quality(emb, issame, flipped, RunOptions("concat", 10))
     assert result.accuracy == unfiltered.accuracy
     assert result.n_pairs == 40
 
@@ -102,5 +102,6 @@ def test_model_without_quality_metadata_warns_but_applies_threshold(run_cli, sha
     # at the median norm half the 80 images are low quality, so at least 20 of the 40 pairs have one
     assert out["quality"]["low_quality_images"] == 40
     assert 20 <= out["quality"]["low_quality_pairs"] < 40
-    assert out["quality"]["pooled_genuine"] + out["quality"]["pooled_impostor"] == 40 - out["quality"]["low_quality_pairs"]
+    pooled = out["quality"]["pooled_genuine"] + out["quality"]["pooled_impostor"]
+    assert pooled == 40 - out["quality"]["low_quality_pairs"]
     assert out["accuracy"] == base.json()["results"][0]["accuracy"]

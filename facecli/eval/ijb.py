@@ -29,9 +29,9 @@ features of the smallest template (``template2id`` defaults to 0). Here that is 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -374,7 +374,7 @@ def verify_templates(
     return IJBVerificationResult(
         target=protocol.target,
         flags=flags,
-        tar_at_far=dict(zip(IJB_FAR_TARGETS, tars)),
+        tar_at_far=dict(zip(IJB_FAR_TARGETS, tars, strict=True)),
         auc=roc_lib.auc(fpr, tpr),
         eer=roc_lib.equal_error_rate(fpr, tpr),
         fpr=fpr,

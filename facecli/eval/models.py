@@ -36,11 +36,9 @@ from facecli.normalisation import (
 )
 from facecli.registry import Registry
 
-MODEL_FORMATS: Registry = Registry("model format")
-
 # Faces per network call when the user does not say. On a CPU, small batches keep each layer's activations in
-# cache: batch 8 embeds about 1.2x faster than 64 on onnxruntime (MobileFaceNet and iresnet50, measured, see
-# benchmarks/README.md). Accelerators want large batches to fill the device.
+# cache and embed faster than large ones on onnxruntime (benchmarks/README.md has the figures). Accelerators want
+# large batches to fill the device.
 CPU_BATCH_SIZE = 8
 ACCELERATOR_BATCH_SIZE = 64
 
@@ -74,7 +72,8 @@ class EmbeddingModel(ABC):
         self.preprocessing_from = preprocessing_from
         self.batch_size = max(1, int(batch_size))
         self.architecture = architecture
-        #: "feature-norm" when the model was trained so its raw embedding norm is a face-quality score (MagFace, AdaFace).
+        #: "feature-norm" when the model was trained so its raw embedding norm is a face-quality score (MagFace,
+        #: AdaFace).
         self.quality = quality
         self._fingerprint: str | None = None
 
@@ -213,7 +212,6 @@ class OnnxEmbeddingModel(EmbeddingModel):
         }
 
 
-@MODEL_FORMATS.register("onnx")
 def load_onnx(
     path: Path,
     mean: tuple[float, float, float] | None,
@@ -380,7 +378,6 @@ class TorchEmbeddingModel(EmbeddingModel):
         return {**super().describe(), "device": self.device}
 
 
-@MODEL_FORMATS.register("checkpoint")
 def load_checkpoint(
     path: Path,
     mean: tuple[float, float, float] | None,
@@ -417,16 +414,64 @@ def load_checkpoint(
     )
 
 
+class ModelFormat(ABC):
+    """One way an embedding model is stored: which paths it claims, and how to load them. A new format is one
+    subclass registered in :data:`MODEL_FORMATS`; :func:`load_model` asks each which one claims a path."""
+
+    #: what the format's paths look like, for the message naming the formats a path matches none of
+    description: str = ""
+
+    @abstractmethod
+    def matches(self, path: Path) -> bool:
+        """Whether ``path`` (an existing file or directory) is stored in this format."""
+
+    @abstractmethod
+    def load(
+        self,
+        path: Path,
+        mean: tuple[float, float, float] | None,
+        std: tuple[float, float, float] | None,
+        bgr: bool | None,
+        device: str,
+        batch_size: int,
+    ) -> EmbeddingModel:
+        """The model at ``path``; ``mean``/``std``/``bgr`` (None: the model's own) override its preprocessing."""
+
+
+MODEL_FORMATS: Registry[ModelFormat] = Registry("model format")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
+@MODEL_FORMATS.register("onnx")
+class OnnxFormat(ModelFormat):
+    """An ONNX file, run on onnxruntime (:func:`load_onnx`)."""
+
+    description = "a .onnx file"
+    load = staticmethod(load_onnx)
+
+    def matches(self, path: Path) -> bool:
+        return not path.is_dir() and path.suffix.lower() == ".onnx"
+
+
+@MODEL_FORMATS.register("checkpoint")
+class CheckpointFormat(ModelFormat):
+    """A facecli checkpoint or run directory (or an arcface_torch state dict) on torch (:func:`load_checkpoint`)."""
+
+    description = f"a {'/'.join(CHECKPOINT_SUFFIXES)} checkpoint or a run directory"
+    load = staticmethod(load_checkpoint)
+
+    def matches(self, path: Path) -> bool:
+        return path.is_dir() or path.suffix.lower() in CHECKPOINT_SUFFIXES
+
+
 def model_format(path: Path) -> str:
-    """Which loader reads ``path``: ``onnx`` by suffix, ``checkpoint`` for torch files and run directories."""
-    if path.is_dir() or path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        return "checkpoint"
-    if path.suffix.lower() == ".onnx":
-        return "onnx"
-    raise UsageError(f"{path}: unknown model format; expected a .onnx file, a .pt/.pth checkpoint or a run directory")
+    """The name of the format in :data:`MODEL_FORMATS` that claims ``path``."""
+    formats = {name: MODEL_FORMATS.build(name) for name in MODEL_FORMATS.names()}
+    for name, entry in formats.items():
+        if entry.matches(path):
+            return name
+    expected = ", or ".join(entry.description for entry in formats.values())
+    raise UsageError(f"{path}: unknown model format; expected {expected}")
 
 
 def load_model(
@@ -447,12 +492,6 @@ def load_model(
         raise UsageError(f"model not found: {path}")
     means, stds = parse_channels(mean, "mean"), parse_channels(std, "std")
     check_normalisation(means, stds)
-    return MODEL_FORMATS.build(
-        model_format(path),
-        path=path,
-        mean=means,
-        std=stds,
-        bgr=bgr,
-        device=device,
-        batch_size=batch_size or default_batch_size(device),
+    return MODEL_FORMATS.build(model_format(path)).load(
+        path, means, stds, bgr, device, batch_size or default_batch_size(device)
     )

@@ -66,7 +66,9 @@ def read_pairs(pairs_file: str | Path, images: str | Path) -> PairList:
             paths += [_image_path(images, name1, n1, line_no, source), _image_path(images, name2, n2, line_no, source)]
             labels.append(False)
         else:
-            raise CorruptFileError(f"{source}:{line_no}: expected 3 or 4 fields (LFW pairs format), found {len(fields)}")
+            raise CorruptFileError(
+                f"{source}:{line_no}: expected 3 or 4 fields (LFW pairs format), found {len(fields)}"
+            )
     if not labels:
         raise CorruptFileError(f"{source}: no pairs found")
     if per_fold is not None and len(labels) != nfolds * 2 * per_fold:

@@ -407,17 +407,20 @@ def report_dict(entries: list[Entry], models: list[dict[str, Any]]) -> dict[str,
     return jsonable({"models": models, "results": [e.to_dict() for e in entries]})
 
 
-def write_outputs(out_dir: str | Path, entries: list[Entry], models: list[dict[str, Any]], worst: int = 0) -> list[Path]:
+def write_outputs(
+    out_dir: str | Path, entries: list[Entry], models: list[dict[str, Any]], worst: int = 0
+) -> list[Path]:
     """Write every ``--out`` file atomically; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     full = report_dict(entries, models)
-    for result, entry in zip(full["results"], entries):  # the curves belong in the JSON file, not on stdout
+    for result, entry in zip(full["results"], entries, strict=True):  # the curves belong in the file, not on stdout
         if entry.verification is not None:
             result.update(jsonable({"tpr": entry.verification.tpr, "fpr": entry.verification.fpr}))
         elif entry.ijb is not None:
-            result["one_to_one"].update(jsonable({"fpr": entry.ijb.verification.fpr, "tpr": entry.ijb.verification.tpr}))
+            curve = entry.ijb.verification
+            result["one_to_one"].update(jsonable({"fpr": curve.fpr, "tpr": curve.tpr}))
     atomic_write_text(out / "report.json", json.dumps(full, indent=1, ensure_ascii=False))
     written.append(out / "report.json")
     atomic_write_text(out / "report.csv", _csv_text(report_rows(entries)))

@@ -13,8 +13,8 @@ threshold. Two TAR@FAR rules exist and both are needed:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

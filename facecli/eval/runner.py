@@ -2,16 +2,17 @@
 
 Benchmarks are named (``lfw``, ``cfp-fp`` ... found as ``NAME.bin`` under ``--data-root`` or ``$FACECLI_DATA``;
 ``ijbb``/``ijbc`` as the official folder layout there), given as a path to a ``.bin``, or built from an LFW pairs
-file and a photo folder. The CLI only parses options and renders what these functions return.
+file and a photo folder. How each run is done (flip fusion, folds, workers, cache, bootstrap, quality threshold)
+travels as one :class:`RunOptions`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -25,9 +26,40 @@ from facecli.eval.verification import VerificationResult, as_issame, verify
 VERIFICATION_BENCHMARKS = ("lfw", "cfp_fp", "cfp_ff", "agedb_30", "calfw", "cplfw", "vgg2_fp")
 DATA_ENV = "FACECLI_DATA"
 
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The settings every model × benchmark run of one evaluation shares (``facecli eval``'s options of that name).
+
+    ``nfolds`` None means the protocol's default: 10, or the count in a pairs file's header.
+    """
+
+    flip: str = "sum"
+    nfolds: int | None = None
+    workers: int = 4
+    cache: Path | None = None
+    bootstrap: int = 0
+    quality_threshold: float | None = None
+
+    @property
+    def flipped(self) -> bool:
+        """Whether the mirror image of every face is embedded too."""
+        return self.flip != "none"
+
+    def folds(self, default: int = 10) -> int:
+        """The number of verification folds: the user's, else ``default``."""
+        return default if self.nfolds is None else self.nfolds
+
+    def feature_cache(self, model: EmbeddingModel, n_items: int, *key_parts: str) -> FeatureCache | None:
+        """The ``--cache`` of this model's features for the data ``key_parts`` identify, or None without a cache."""
+        if self.cache is None:
+            return None
+        return FeatureCache(self.cache, model.fingerprint, dataset_key(*key_parts), n_items)
+
+
 @dataclass
 class Benchmark:
-    """A resolved benchmark: ``kind`` is ``bin``, ``pairs`` or ``ijb``."""
+    """A resolved benchmark: ``kind`` names its entry in :data:`facecli.eval.kinds.BENCHMARK_KINDS`."""
 
     name: str
     kind: str
@@ -89,7 +121,8 @@ def fit_to_input(image: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
     scale = size / min(h, w)
-    resized = cv2.resize(image, (max(size, round(w * scale)), max(size, round(h * scale))), interpolation=cv2.INTER_CUBIC)
+    target = (max(size, round(w * scale)), max(size, round(h * scale)))
+    resized = cv2.resize(image, target, interpolation=cv2.INTER_CUBIC)
     top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
     return np.ascontiguousarray(resized[top : top + size, left : left + size])
 
@@ -139,24 +172,22 @@ def verify_with_quality(
     embeddings: np.ndarray,
     issame: np.ndarray,
     embeddings_flip: np.ndarray | None,
-    flip: str,
-    nfolds: int,
-    bootstrap: int = 0,
-    quality_threshold: float | None = None,
+    options: RunOptions,
 ) -> tuple[VerificationResult, QualityReport]:
     """The verification protocol on raw embeddings, plus their quality, optionally pooling only good pairs.
 
-    ``flip``: ``sum`` adds ``embeddings_flip``, ``concat`` joins it, ``none`` ignores it. See :class:`QualityReport`
-    for which numbers the threshold changes.
+    ``options.flip``: ``sum`` adds ``embeddings_flip``, ``concat`` joins it, ``none`` ignores it; folds
+    ``options.folds()``. See :class:`QualityReport` for which numbers ``options.quality_threshold`` changes.
     """
     issame = as_issame(issame)
+    flip, bootstrap, quality_threshold = options.flip, options.bootstrap, options.quality_threshold
 
     def run(rows: np.ndarray, rows_flip: np.ndarray | None, labels: np.ndarray, folds: int) -> VerificationResult:
         if flip == "concat" and rows_flip is not None:
             return verify(np.concatenate([rows, rows_flip], axis=1), labels, nfolds=folds, bootstrap=bootstrap)
         return verify(rows, labels, rows_flip if flip != "none" else None, nfolds=folds, bootstrap=bootstrap)
 
-    result = run(embeddings, embeddings_flip, issame, nfolds)
+    result = run(embeddings, embeddings_flip, issame, options.folds())
     quality = QualityReport(np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=1))
     if quality_threshold is None:
         return result, quality
@@ -208,10 +239,10 @@ class VerificationRun:
 
 
 def _verify_rows(
-    rows: np.ndarray, issame: np.ndarray, flip: str, nfolds: int, bootstrap: int, quality_threshold: float | None
+    rows: np.ndarray, issame: np.ndarray, options: RunOptions
 ) -> tuple[VerificationResult, QualityReport]:
-    emb, emb_flip = split_flip(rows, flip != "none")
-    return verify_with_quality(emb, issame, emb_flip, flip, nfolds, bootstrap, quality_threshold)
+    emb, emb_flip = split_flip(rows, options.flipped)
+    return verify_with_quality(emb, issame, emb_flip, options)
 
 
 def load_benchmark_bin(bench: Benchmark) -> tuple[list[bytes], np.ndarray]:
@@ -225,13 +256,8 @@ def evaluate_bin(
     model: EmbeddingModel,
     bench: Benchmark,
     data: tuple[list[bytes], np.ndarray] | None = None,
-    flip: str = "sum",
-    nfolds: int = 10,
-    workers: int = 4,
-    cache_dir: str | Path | None = None,
+    options: RunOptions = RunOptions(),
     progress: Callable[[int], None] | None = None,
-    bootstrap: int = 0,
-    quality_threshold: float | None = None,
 ) -> VerificationRun:
     """Embed every image of a ``.bin`` (and its mirror) and run the 10-fold protocol (``data``: already loaded)."""
     from facecli.imageio import ImageReadError, decode_image
@@ -244,15 +270,13 @@ def evaluate_bin(
         except ImageReadError as exc:
             raise CorruptFileError(f"{bench.path}: image {i} cannot be used ({exc.reason})") from None
 
-    cache = (
-        FeatureCache(cache_dir, model.fingerprint, dataset_key(_file_identity(bench.path), str(flip != "none")), len(bins))
-        if cache_dir
-        else None
+    cache = options.feature_cache(model, len(bins), _file_identity(bench.path), str(options.flipped))
+    rows = embed_stream(
+        model, len(bins), load, flip=options.flipped, workers=options.workers, progress=progress, cache=cache
     )
-    rows = embed_stream(model, len(bins), load, flip=flip != "none", workers=workers, progress=progress, cache=cache)
-    result, quality = _verify_rows(rows, issame, flip, nfolds, bootstrap, quality_threshold)
+    result, quality = _verify_rows(rows, issame, options)
     labels = [f"{bench.path.name}#{i}" for i in range(len(bins))]
-    return VerificationRun(bench, result, flip, labels, load, quality=quality)
+    return VerificationRun(bench, result, options.flip, labels, load, quality=quality)
 
 
 def evaluate_pairs(
@@ -260,15 +284,12 @@ def evaluate_pairs(
     pairs_file: str | Path,
     images: str | Path,
     align: bool = False,
-    flip: str = "sum",
-    nfolds: int | None = None,
-    workers: int = 4,
-    cache_dir: str | Path | None = None,
+    options: RunOptions = RunOptions(),
     progress: Callable[[int], None] | None = None,
-    bootstrap: int = 0,
-    quality_threshold: float | None = None,
 ) -> VerificationRun:
-    """Verification on photos listed in an LFW-style pairs file; ``align`` runs facecli align (centre face)."""
+    """Verification on photos listed in an LFW-style pairs file; ``align`` runs facecli align (centre face).
+
+    The folds are ``options.nfolds``, else the pairs file's header."""
     from facecli.eval.pairs import read_pairs
     from facecli.imageio import ImageReadError, read_image
 
@@ -294,16 +315,18 @@ def evaluate_pairs(
             return centre_crop(image, model.input_size)
         return crop
 
-    key_parts = [str(pairs_file), str(align), str(flip != "none")] + [_file_identity(p) for p in unique]
-    cache = FeatureCache(cache_dir, model.fingerprint, dataset_key(*key_parts), len(unique)) if cache_dir else None
-    rows = embed_stream(model, len(unique), load, flip=flip != "none", workers=workers, progress=progress, cache=cache)
+    key_parts = [str(pairs_file), str(align), str(options.flipped)] + [_file_identity(p) for p in unique]
+    cache = options.feature_cache(model, len(unique), *key_parts)
+    rows = embed_stream(
+        model, len(unique), load, flip=options.flipped, workers=options.workers, progress=progress, cache=cache
+    )
     order = np.array([index_of[p] for p in pairs.paths])
     bench = Benchmark(Path(pairs_file).stem, "pairs", Path(pairs_file), Path(images), align)
-    result, quality = _verify_rows(rows[order], pairs.issame, flip, pairs.nfolds if nfolds is None else nfolds, bootstrap, quality_threshold)
+    result, quality = _verify_rows(rows[order], pairs.issame, replace(options, nfolds=options.folds(pairs.nfolds)))
     return VerificationRun(
         bench,
         result,
-        flip,
+        options.flip,
         [str(p) for p in pairs.paths],
         lambda row: load(int(order[row])),
         [no_face[i] for i in sorted(no_face)],
@@ -341,19 +364,16 @@ def evaluate_embeddings(
     embeddings: str | Path,
     issame: str | Path,
     embeddings_flip: str | Path | None = None,
-    nfolds: int = 10,
-    bootstrap: int = 0,
-    quality_threshold: float | None = None,
+    options: RunOptions = RunOptions(),
 ) -> tuple[VerificationResult, QualityReport]:
-    """Verification of precomputed embeddings (``.npy``, pairs = rows 2i, 2i+1); flipped ones are summed."""
+    """Verification of precomputed embeddings (``.npy``, pairs = rows 2i, 2i+1); flipped ones are summed whatever
+    ``options.flip`` says (there is nothing to concatenate them with)."""
     emb = load_npy(embeddings, "embeddings")
     flags = load_npy(issame, "issame")
     flip = load_npy(embeddings_flip, "flip embeddings") if embeddings_flip else None
     if emb.ndim != 2:
         raise UsageError(f"embeddings must be a 2-D array (images x dims), got shape {emb.shape}")
-    return verify_with_quality(
-        emb, flags, flip, "sum" if flip is not None else "none", nfolds, bootstrap, quality_threshold
-    )
+    return verify_with_quality(emb, flags, flip, replace(options, flip="sum" if flip is not None else "none"))
 
 
 def load_npy(path: str | Path, what: str) -> np.ndarray:
@@ -377,11 +397,11 @@ class IJBRun:
 def ijb_image_features(
     model: EmbeddingModel,
     protocol: ijb.IJBProtocol,
-    workers: int = 4,
-    cache_dir: str | Path | None = None,
+    options: RunOptions = RunOptions(),
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """``[embedding | flipped embedding]`` of every loose crop, aligned with the protocol's 5 landmarks."""
+    """``[embedding | flipped embedding]`` of every loose crop, aligned with the protocol's 5 landmarks (the mirror
+    is always embedded: the IJB flags decide later whether it counts)."""
     from facecli.align.transform import align
     from facecli.imageio import ImageReadError, read_image
 
@@ -401,12 +421,10 @@ def ijb_image_features(
         return align(image, landmarks[i], model.input_size)
 
     meta_file = protocol.meta_dir / f"{protocol.target}_name_5pts_score.txt"
-    cache = (
-        FeatureCache(cache_dir, model.fingerprint, dataset_key(_file_identity(meta_file)), protocol.n_images)
-        if cache_dir
-        else None
+    cache = options.feature_cache(model, protocol.n_images, _file_identity(meta_file))
+    return embed_stream(
+        model, protocol.n_images, load, flip=True, workers=options.workers, progress=progress, cache=cache
     )
-    return embed_stream(model, protocol.n_images, load, flip=True, workers=workers, progress=progress, cache=cache)
 
 
 def evaluate_ijb(
@@ -420,7 +438,8 @@ def evaluate_ijb(
     """1:1 (and 1:N when the gallery/probe files exist) from per-image ``[emb | flipped emb]`` features."""
     if img_feats.shape[0] != protocol.n_images:
         raise UsageError(
-            f"{img_feats.shape[0]} image features but {protocol.target}_face_tid_mid.txt lists {protocol.n_images} images"
+            f"{img_feats.shape[0]} image features but {protocol.target}_face_tid_mid.txt lists "
+            f"{protocol.n_images} images"
         )
     if faceness is None and flags.detector_score:
         faceness = ijb.read_faceness(protocol)

@@ -22,8 +22,8 @@ allows, ROC AUC, EER, and the single deployment threshold as a cosine similarity
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class _Counts:
     n_diff: int
 
     @classmethod
-    def of(cls, dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> "_Counts":
+    def of(cls, dist: np.ndarray, issame: np.ndarray, thresholds: np.ndarray) -> _Counts:
         genuine = np.sort(dist[issame])
         impostor = np.sort(dist[~issame])
         return cls(
@@ -267,28 +267,7 @@ def verify(
     if nfolds < 1 or nfolds > n_pairs:
         raise UsageError(f"nfolds must be between 1 and the number of pairs ({n_pairs}), got {nfolds}")
     dist = pair_distances(embeddings, embeddings_flip)
-    folds = fold_slices(n_pairs, nfolds)
-
-    fold_acc, fold_thr, tprs, fprs = [], [], [], []
-    fold_val, fold_far, fold_val_thr = [], [], []
-    for train, test in folds:
-        train_counts = _Counts.of(dist[train], issame[train], ACCURACY_THRESHOLDS)
-        best = int(np.argmax(train_counts.accuracy()))
-        test_counts = _Counts.of(dist[test], issame[test], ACCURACY_THRESHOLDS)
-        tprs.append(test_counts.tpr())
-        fprs.append(test_counts.fpr())
-        fold_thr.append(float(ACCURACY_THRESHOLDS[best]))
-        fold_acc.append(_accuracy_at(ACCURACY_THRESHOLDS[best], dist[test], issame[test]))
-
-        val_counts = _Counts.of(dist[train], issame[train], VAL_THRESHOLDS)
-        if val_counts.n_diff == 0:
-            raise UsageError("every verification training split needs impostor pairs")
-        val_threshold = threshold_at_far(val_counts.fpr(), VAL_THRESHOLDS, VAL_FAR_TARGET)
-        val, far = _val_far_at(val_threshold, dist[test], issame[test])
-        fold_val.append(val)
-        fold_far.append(far)
-        fold_val_thr.append(float(val_threshold))
-
+    folds = _run_folds(dist, issame, fold_slices(n_pairs, nfolds))
     similarities = 1.0 - dist / 2.0
     genuine, impostor = roc_lib.split_scores(similarities, issame)
     if len(genuine) == 0 or len(impostor) == 0:
@@ -296,23 +275,20 @@ def verify(
     fpr_curve, tpr_curve, _ = roc_lib.roc(similarities, issame)
     all_counts = _Counts.of(dist, issame, ACCURACY_THRESHOLDS)
     best_all = float(ACCURACY_THRESHOLDS[int(np.argmax(all_counts.accuracy()))])
-    raw_norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=1)
-    if embeddings_flip is not None:
-        raw_norms = np.concatenate([raw_norms, np.linalg.norm(np.asarray(embeddings_flip, dtype=np.float64), axis=1)])
 
     result = VerificationResult(
-        accuracy=float(np.mean(fold_acc)),
-        accuracy_std=float(np.std(fold_acc)),
-        fold_accuracies=fold_acc,
-        fold_thresholds=fold_thr,
-        val=float(np.mean(fold_val)),
-        val_std=float(np.std(fold_val)),
-        far=float(np.mean(fold_far)),
-        fold_val=fold_val,
-        fold_far=fold_far,
-        fold_val_thresholds=fold_val_thr,
-        tpr=np.mean(np.array(tprs), 0),
-        fpr=np.mean(np.array(fprs), 0),
+        accuracy=float(np.mean(folds.accuracy)),
+        accuracy_std=float(np.std(folds.accuracy)),
+        fold_accuracies=folds.accuracy,
+        fold_thresholds=folds.threshold,
+        val=float(np.mean(folds.val)),
+        val_std=float(np.std(folds.val)),
+        far=float(np.mean(folds.far)),
+        fold_val=folds.val,
+        fold_far=folds.far,
+        fold_val_thresholds=folds.val_threshold,
+        tpr=np.mean(np.array(folds.tpr), 0),
+        fpr=np.mean(np.array(folds.fpr), 0),
         tar_at_far=roc_lib.tar_at_far(genuine, impostor, far_targets),
         auc=roc_lib.auc(fpr_curve, tpr_curve),
         eer=roc_lib.equal_error_rate(fpr_curve, tpr_curve),
@@ -321,14 +297,58 @@ def verify(
         n_pairs=n_pairs,
         n_genuine=len(genuine),
         n_impostor=len(impostor),
-        nfolds=len(folds),
+        nfolds=len(folds.accuracy),
         distances=dist,
         issame=issame,
-        xnorm=float(raw_norms.mean()),
+        xnorm=_mean_norm(embeddings, embeddings_flip),
     )
     if bootstrap > 0:
         result.intervals = _bootstrap_intervals(genuine, impostor, result, bootstrap)
     return result
+
+
+def _mean_norm(embeddings: np.ndarray, embeddings_flip: np.ndarray | None) -> float:
+    """The mean raw norm over every embedding and mirror embedding: insightface's logged ``XNorm``."""
+    raw_norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=1)
+    if embeddings_flip is not None:
+        raw_norms = np.concatenate([raw_norms, np.linalg.norm(np.asarray(embeddings_flip, dtype=np.float64), axis=1)])
+    return float(raw_norms.mean())
+
+
+@dataclass
+class _Folds:
+    """Per held-out fold: the accuracy protocol's threshold, accuracy and curves, and VAL/FAR at FAR 1e-3."""
+
+    accuracy: list[float] = field(default_factory=list)
+    threshold: list[float] = field(default_factory=list)
+    tpr: list[np.ndarray] = field(default_factory=list)
+    fpr: list[np.ndarray] = field(default_factory=list)
+    val: list[float] = field(default_factory=list)
+    far: list[float] = field(default_factory=list)
+    val_threshold: list[float] = field(default_factory=list)
+
+
+def _run_folds(dist: np.ndarray, issame: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]) -> _Folds:
+    """The reference's per-fold loop: thresholds chosen on the training folds, applied to the held-out one."""
+    out = _Folds()
+    for train, test in folds:
+        train_counts = _Counts.of(dist[train], issame[train], ACCURACY_THRESHOLDS)
+        best = int(np.argmax(train_counts.accuracy()))
+        test_counts = _Counts.of(dist[test], issame[test], ACCURACY_THRESHOLDS)
+        out.tpr.append(test_counts.tpr())
+        out.fpr.append(test_counts.fpr())
+        out.threshold.append(float(ACCURACY_THRESHOLDS[best]))
+        out.accuracy.append(_accuracy_at(ACCURACY_THRESHOLDS[best], dist[test], issame[test]))
+
+        val_counts = _Counts.of(dist[train], issame[train], VAL_THRESHOLDS)
+        if val_counts.n_diff == 0:
+            raise UsageError("every verification training split needs impostor pairs")
+        val_threshold = threshold_at_far(val_counts.fpr(), VAL_THRESHOLDS, VAL_FAR_TARGET)
+        val, far = _val_far_at(val_threshold, dist[test], issame[test])
+        out.val.append(val)
+        out.far.append(far)
+        out.val_threshold.append(float(val_threshold))
+    return out
 
 
 def _bootstrap_intervals(
