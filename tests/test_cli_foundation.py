@@ -25,8 +25,8 @@ def test_help_lists_verbs(run_cli):
         assert verb in res.stdout
 
 
-def test_unknown_option_is_one_line_exit_2(run_cli):
-    res = run_cli("--no-such-option")
+def test_unknown_option_is_one_line_exit_2(run_cli_process):
+    res = run_cli_process("--no-such-option")  # the exit status of `python -m facecli` itself
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("facecli: error:")
