@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +23,7 @@ from facecli.data import pack as packing
 from facecli.data.layouts import Layout, Selection, build_layout, parse_ranges, read_exclude_list
 from facecli.data.payloads import VERIFY_MODES
 from facecli.errors import UsageError
-
-#: ``progress(description, total)`` opens a progress display and yields ``advance(n)``; the CLI's is a rich bar.
-Progress = Callable[[str, "int | None"], AbstractContextManager[Callable[[int], None]]]
-
-
-def _no_progress(description: str, total: int | None) -> AbstractContextManager[Callable[[int], None]]:
-    return nullcontext(lambda n=1: None)
+from facecli.progress import Progress, no_progress
 
 
 def parse_size(text: str | None, flag: str = "--resize") -> tuple[int, int] | None:
@@ -138,11 +131,11 @@ class PackRequest:
         )
 
 
-def pack_dataset(request: PackRequest, progress: Progress = _no_progress,
+def pack_dataset(request: PackRequest, progress: Progress = no_progress,
                  notify: Callable[[str], None] = lambda message: None) -> packing.PackResult:
     """Write the pack ``request`` describes (or merge its shard parts) and return what was written.
 
-    ``progress`` shows the work (see :data:`Progress`); ``notify`` receives the one-line notes the CLI prints on
+    ``progress`` shows the work (:mod:`facecli.progress`); ``notify`` receives the one-line notes the CLI prints on
     stderr (which listing was used). Mistakes in the request raise :class:`~facecli.errors.UsageError`.
     """
     if request.layout_out not in packing.LAYOUTS_OUT:
