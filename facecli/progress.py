@@ -1,4 +1,4 @@
-"""How library entry points show progress without knowing who watches: a factory of progress displays.
+"""How library entry points show progress and notes without knowing who watches.
 
 ``progress(description, total)`` opens a display (``total`` None when unknown) and yields ``advance(n)``; the CLI
 passes ``UI.progress`` (a rich bar on stderr), a Python caller passes nothing and gets :func:`no_progress`.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
 
 Advance = Callable[[int], None]
 Progress = Callable[[str, "int | None"], AbstractContextManager[Advance]]
@@ -20,3 +21,35 @@ def _ignore(n: int = 1) -> None:
 def no_progress(description: str, total: int | None) -> AbstractContextManager[Advance]:
     """A progress display that shows nothing."""
     return nullcontext(_ignore)
+
+
+class Feedback(Protocol):
+    """Progress and the one-line notes a long library call gives on the way; the CLI's ``UI`` is one."""
+
+    def progress(self, description: str, total: int | None) -> AbstractContextManager[Advance]: ...
+
+    def info(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+    def detail(self, message: str) -> None: ...
+
+
+class Silent:
+    """:class:`Feedback` that shows nothing: what a Python caller gets by default."""
+
+    def progress(self, description: str, total: int | None) -> AbstractContextManager[Advance]:
+        return no_progress(description, total)
+
+    def info(self, message: str) -> None:
+        """Dropped."""
+
+    def warn(self, message: str) -> None:
+        """Dropped."""
+
+    def detail(self, message: str) -> None:
+        """Dropped."""
+
+
+#: The shared :class:`Silent` instance, the default ``feedback`` of library entry points.
+SILENT = Silent()

@@ -272,11 +272,11 @@ def test_calibrate_on_impostor_pairs_of_a_bin(lfw, calibrated, tmp_path, run_cli
 
 
 def test_csv_scores_keep_decisions_one_float32_step_from_the_threshold():
-    from facecli.cli.gallery import _score_text
+    from facecli.gallery.verbs import score_text
 
     rng = np.random.default_rng(0)
     for below in rng.uniform(-1, 1, 1000).astype(np.float32):
         threshold = np.nextafter(below, np.float32(np.inf))  # as calibration sets it: one step above a score
-        assert np.float32(float(_score_text(below))) == below
-        assert float(_score_text(below)) < float(threshold) <= float(_score_text(threshold))
-    assert _score_text(0.5) == "0.5" and _score_text(np.float32(0.1)) == "0.10000000149011612"
+        assert np.float32(float(score_text(below))) == below
+        assert float(score_text(below)) < float(threshold) <= float(score_text(threshold))
+    assert score_text(0.5) == "0.5" and score_text(np.float32(0.1)) == "0.10000000149011612"
