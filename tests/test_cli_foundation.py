@@ -63,3 +63,27 @@ def test_the_cleanup_pattern_finds_a_writers_temporaries_even_for_long_names(tmp
         tmp.write_text("partial")
         assert [Path(p) for p in globbing.glob(str(tmp_path / temp_pattern(name)))] == [tmp]
         assert not globbing.glob(str(tmp_path / temp_pattern("other.rec")))
+
+
+def test_align_request_is_the_command(tmp_path, run_cli):
+    """``facecli.align.run(AlignRequest(...))`` writes the crops ``facecli align`` writes and returns its summary."""
+    import numpy as np
+
+    from facecli.align import AlignRequest, run
+    from facecli.imageio import encode_image
+
+    rng = np.random.default_rng(0)
+    for name in ("ann/a.png", "bob/b.png", "bob/c.png"):
+        (tmp_path / "raw" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "raw" / name).write_bytes(encode_image(rng.integers(0, 256, (120, 100, 3), np.uint8), "png"))
+    res = run_cli("align", tmp_path / "raw", tmp_path / "cli", "--assume-aligned", "--size", "128", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = run(AlignRequest(raw=str(tmp_path / "raw"), out=str(tmp_path / "lib"), assume_aligned=True, size=128))
+    assert summary["counts"] == res.json()["counts"] == {"ok": 3}
+    crops = sorted(p.relative_to(tmp_path / "cli") for p in (tmp_path / "cli").rglob("*.jpg"))
+    assert len(crops) == 3
+    assert [(tmp_path / "lib" / c).read_bytes() for c in crops] == [(tmp_path / "cli" / c).read_bytes() for c in crops]
+    with pytest.raises(UsageError, match="--merge-manifests takes exactly one folder"):
+        run(AlignRequest(raw="a", out="b", merge_manifests=True))
+    with pytest.raises(UsageError, match="align needs RAW and OUT"):
+        run(AlignRequest(raw="a"))

@@ -128,6 +128,13 @@ def test_evaluate_reports_open_set_metrics_and_det(lfw, calibrated, tmp_path, ru
     assert (tmp_path / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "report.json").read_text())["rank1"] == report["rank1"]
 
+    # a Python user's call writes the same report.json and returns the command's JSON
+    from facecli.gallery.verbs import EvaluateRequest, evaluate
+
+    done = evaluate(EvaluateRequest(calibrated, lfw / "probes", (0.05, 0.1, 0.001), out=tmp_path / "library"))
+    assert (tmp_path / "library" / "report.json").read_bytes() == (tmp_path / "report.json").read_bytes()
+    assert json.loads(json.dumps(done.data)) == report and (tmp_path / "library" / "det.png").is_file()
+
 
 def test_far_calibration_holds_on_held_out_strangers(lfw, calibrated, searched, tmp_path, run_cli):
     path = copy_of(calibrated, tmp_path)
