@@ -1,7 +1,8 @@
 """How library entry points show progress and notes without knowing who watches.
 
-``progress(description, total)`` opens a display (``total`` None when unknown) and yields ``advance(n)``; the CLI
-passes ``UI.progress`` (a rich bar on stderr), a Python caller passes nothing and gets :func:`no_progress`.
+An entry point takes a :class:`Feedback`: ``progress(description, total)`` opens a display (``total`` None when
+unknown) and yields ``advance(n)``; ``info``/``warn``/``detail`` take one-line notes. The CLI passes its ``UI``
+(rich bars and messages on stderr); a Python caller passes nothing and gets :data:`SILENT`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 Advance = Callable[[int], None]
-Progress = Callable[[str, "int | None"], AbstractContextManager[Advance]]
 
 
 def _ignore(n: int = 1) -> None:

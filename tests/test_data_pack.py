@@ -20,6 +20,7 @@ from facecli.data.recordio import RecordReader, read_ms1m_layout, read_property,
 from facecli.data.unpack import unpack_records
 from facecli.errors import UsageError
 from facecli.imageio import decode_image
+from facecli.progress import Silent
 
 OUTPUTS = ("train.rec", "train.idx", "property", "labels.csv", "records.csv")
 
@@ -267,10 +268,17 @@ def test_align_manifest_and_exclude_list(tmp_path, jpegs, run_cli):
     assert res.json()["num_images"] == 7 and "manifest" not in res.stderr
 
     # the library call a Python user makes writes the same files and says the same about the manifest
-    notes: list[str] = []
-    request = PackRequest(src=src, out=tmp_path / "library", exclude_list=exclude)
-    result = pack_dataset(request, notify=notes.append)
-    assert result.num_images == 4 and notes == [f"using {src / 'manifest.csv'} from facecli align (only 'ok' faces)"]
+    class Notes(Silent):
+        def __init__(self) -> None:
+            self.said: list[str] = []
+
+        def info(self, message: str) -> None:
+            self.said.append(message)
+
+    notes = Notes()
+    result = pack_dataset(PackRequest(src=src, out=tmp_path / "library", exclude_list=exclude), notes)
+    assert result.num_images == 4
+    assert notes.said == [f"using {src / 'manifest.csv'} from facecli align (only 'ok' faces)"]
     for name in (*OUTPUTS, "pack.json"):
         assert (tmp_path / "library" / name).read_bytes() == (out / name).read_bytes(), name
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from facecli.errors import UsageError
-from facecli.progress import Progress, no_progress
+from facecli.progress import SILENT, Feedback
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
@@ -91,10 +91,10 @@ def _single_folder(request: AlignRequest) -> str:
     return target
 
 
-def run(request: AlignRequest, progress: Progress = no_progress) -> dict[str, Any]:
+def run(request: AlignRequest, feedback: Feedback = SILENT) -> dict[str, Any]:
     """Align what ``request`` describes (or merge its shard manifests) and return the summary.
 
-    ``progress`` shows the work (:mod:`facecli.progress`). Mistakes raise :class:`~facecli.errors.UsageError`.
+    ``feedback`` (:mod:`facecli.progress`) shows the work. Mistakes raise :class:`~facecli.errors.UsageError`.
     """
     raw, out, select = request.raw, request.out, request.select
     if request.merge_manifests or request.example:
@@ -125,5 +125,5 @@ def run(request: AlignRequest, progress: Progress = no_progress) -> dict[str, An
         overwrite=request.overwrite,
         workers=request.workers,
         shard=request.shard,
-        progress=lambda total: progress("align", total),
+        progress=lambda total: feedback.progress("align", total),
     )

@@ -109,7 +109,7 @@ def align_command(
         mtcnn_factor=mtcnn_factor, landmarks=landmarks, assume_aligned=assume_aligned, overwrite=overwrite,
         workers=workers, shard=shard, merge_manifests=merge_manifests, example=example,
     )
-    summary = run(request, progress=ui.progress)
+    summary = run(request, ui)
     if not merge_manifests:
         _warn_about(ui, summary)
     ui.result(summary, _render_summary(summary))

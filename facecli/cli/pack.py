@@ -14,7 +14,6 @@ from typer.core import TyperGroup
 
 from facecli.cli.common import UI
 from facecli.cli.options import JsonOpt, QualityOpt, QuietOpt, ResizeOpt, VerboseOpt, workers_option
-from facecli.errors import UsageError
 
 
 class _DefaultDatasetGroup(TyperGroup):
@@ -105,7 +104,7 @@ def dataset(
         use_manifest=not no_manifest, layout_out=layout_out, resize=parse_size(resize), quality=quality,
         verify=verify, workers=workers, shard=parse_shard(shard), merge=merge, lst=lst, name=name,
     )
-    _report(ui, pack_dataset(request, progress=ui.progress, notify=ui.info))
+    _report(ui, pack_dataset(request, ui))
 
 
 def _report(ui: UI, result) -> None:
@@ -164,37 +163,12 @@ def pairs(
     quiet: QuietOpt = False,
 ) -> None:
     """Build an insightface verification .bin (pair i = images 2i, 2i+1) and check it for common mistakes."""
-    from facecli.data import pairs as pairlib
-    from facecli.data.pack_request import parse_size
-    from facecli.errors import FacecliError
+    from facecli.data.pack_request import PairsRequest, pack_pairs, parse_size
 
     ui = UI(json=json_, verbose=verbose, quiet=quiet)
-    if make_pairs is not None:
-        if not source.is_dir():
-            raise UsageError(f"--make-pairs needs an identity-folder tree; {source} is not a folder")
-        pair_list = pairlib.make_pairs(source, make_pairs, seed=seed)
-        base = source
-    else:
-        if not source.is_file():
-            raise UsageError(f"pairs file not found: {source}")
-        base = root or source.parent
-        if source.suffix.lower() == ".csv":
-            pair_list = pairlib.read_pairs_csv(source, base)
-        else:
-            pair_list = pairlib.read_pairs_txt(source, base, ext=ext)
-    if not pair_list:
-        raise UsageError(f"{source}: no pairs")
-    with ui.progress("reading pairs", len(pair_list)) as advance:
-        report = pairlib.build_bin(pair_list, out, resize=parse_size(resize), quality=quality, advance=advance)
-    if make_pairs is not None:
-        pairlib.write_pairs_csv(pair_list, out.with_suffix(".pairs.csv"), base)
-    for warning in report.warnings:
-        ui.warn(warning)
-    for line in (report.missing + report.unaligned + report.label_mismatch)[: 50 if verbose else 0]:
-        ui.detail(line)
-    if strict and report.warnings:
-        out.unlink(missing_ok=True)
-        raise FacecliError(f"--strict: {len(report.warnings)} problem(s) found; {out} not written")
+    request = PairsRequest(source=source, out=out, root=root, make_pairs=make_pairs, seed=seed, ext=ext,
+                           resize=parse_size(resize), quality=quality, strict=strict)
+    report = pack_pairs(request, ui)
 
     def render(console) -> None:
         from rich.table import Table

@@ -1,4 +1,5 @@
-"""``facecli pack dataset`` as a library call: a :class:`PackRequest` in, :func:`pack_dataset` writes the pack.
+"""``facecli pack`` as library calls: a :class:`PackRequest` in, :func:`pack_dataset` writes the pack; a
+:class:`PairsRequest` in, :func:`pack_pairs` writes the verification ``.bin``.
 
 The command only parses its options into a request and renders the :class:`~facecli.data.pack.PackResult`; a
 Python user who builds the same request gets the same files and the same errors::
@@ -15,15 +16,15 @@ merge of ``shard`` parts (``merge``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from facecli.data import pack as packing
+from facecli.data import pairs as pairlib
 from facecli.data.layouts import Layout, Selection, build_layout, parse_ranges, read_exclude_list
 from facecli.data.payloads import VERIFY_MODES
-from facecli.errors import UsageError
-from facecli.progress import Progress, no_progress
+from facecli.errors import FacecliError, UsageError
+from facecli.progress import SILENT, Feedback
 
 
 def parse_size(text: str | None, flag: str = "--resize") -> tuple[int, int] | None:
@@ -131,12 +132,11 @@ class PackRequest:
         )
 
 
-def pack_dataset(request: PackRequest, progress: Progress = no_progress,
-                 notify: Callable[[str], None] = lambda message: None) -> packing.PackResult:
+def pack_dataset(request: PackRequest, feedback: Feedback = SILENT) -> packing.PackResult:
     """Write the pack ``request`` describes (or merge its shard parts) and return what was written.
 
-    ``progress`` shows the work (:mod:`facecli.progress`); ``notify`` receives the one-line notes the CLI prints on
-    stderr (which listing was used). Mistakes in the request raise :class:`~facecli.errors.UsageError`.
+    ``feedback`` (:mod:`facecli.progress`) shows the work and the note on which listing was used. Mistakes in the
+    request raise :class:`~facecli.errors.UsageError`.
     """
     if request.layout_out not in packing.LAYOUTS_OUT:
         raise UsageError(f"--layout-out {request.layout_out!r}: choose one of {', '.join(packing.LAYOUTS_OUT)}")
@@ -144,7 +144,7 @@ def pack_dataset(request: PackRequest, progress: Progress = no_progress,
         folder = request.out or request.src
         if not folder.is_dir():
             raise UsageError(f"folder not found: {folder}")
-        with progress("merging", None) as advance:
+        with feedback.progress("merging", None) as advance:
             return packing.merge_parts(folder, name=request.name, layout_out=request.layout_out, advance=advance)
     out = request.out
     if out is None:
@@ -152,7 +152,7 @@ def pack_dataset(request: PackRequest, progress: Progress = no_progress,
     if request.verify not in VERIFY_MODES:
         raise UsageError(f"--verify {request.verify!r}: choose one of {', '.join(VERIFY_MODES)}")
     if request.lst is not None:
-        with progress("packing", None) as advance:
+        with feedback.progress("packing", None) as advance:
             return packing.pack_lst(request.lst, request.src, out, request.options(), advance=advance)
     if request.max_images is not None and request.max_images < 1:
         raise UsageError("--max-images must be at least 1")
@@ -160,12 +160,67 @@ def pack_dataset(request: PackRequest, progress: Progress = no_progress,
         raise UsageError(f"OUT ({out}) must not be inside SRC ({request.src}): it would be packed as an identity")
     layout = request.source_layout()
     if layout.manifest is not None:
-        notify(f"using {layout.manifest} from facecli align (only 'ok' faces)")
+        feedback.info(f"using {layout.manifest} from facecli align (only 'ok' faces)")
     plan = packing.lazy_plan(layout, request.selection(), request.resize)
     total = len(layout.identities()) if request.shard is None else None
-    with progress("packing identities", total) as advance:
+    with feedback.progress("packing identities", total) as advance:
         result = packing.write_pack(plan, out, request.options(), source=str(request.src.resolve()),
                                     advance=advance, settings=request.settings())
     if result.num_images == 0:
         raise UsageError(f"no images packed from {request.src} (layout {request.layout}); check the layout and filters")
     return result
+
+
+@dataclass
+class PairsRequest:
+    """Everything ``facecli pack pairs`` is told: a pairs list (LFW ``pairs.txt`` or a CSV) or, with
+    ``make_pairs``, an identity-folder tree to draw N pairs from; ``out`` is the ``.bin`` to write."""
+
+    source: Path
+    out: Path
+    root: Path | None = None  # the listed images' folder (default: beside the pairs file)
+    make_pairs: int | None = None
+    seed: int = 0
+    ext: str = "jpg"
+    resize: tuple[int, int] | None = None  # (width, height)
+    quality: int = 95
+    strict: bool = False  # problems fail the run (and remove ``out``) instead of being warnings
+
+
+def _pair_list(request: PairsRequest) -> tuple[list[pairlib.Pair], Path]:
+    """The pairs and the folder their paths are relative to."""
+    source = request.source
+    if request.make_pairs is not None:
+        if not source.is_dir():
+            raise UsageError(f"--make-pairs needs an identity-folder tree; {source} is not a folder")
+        return pairlib.make_pairs(source, request.make_pairs, seed=request.seed), source
+    if not source.is_file():
+        raise UsageError(f"pairs file not found: {source}")
+    base = request.root or source.parent
+    if source.suffix.lower() == ".csv":
+        return pairlib.read_pairs_csv(source, base), base
+    return pairlib.read_pairs_txt(source, base, ext=request.ext), base
+
+
+def pack_pairs(request: PairsRequest, feedback: Feedback = SILENT) -> pairlib.BinReport:
+    """Write the verification ``.bin`` (pair i = images 2i, 2i+1) and, for drawn pairs, ``OUT.pairs.csv``.
+
+    Problems found (missing, unaligned-looking or mislabelled images) go to ``feedback`` as warnings, the affected
+    files as details; with ``strict`` they raise :class:`~facecli.errors.FacecliError` and ``out`` is removed.
+    """
+    pair_list, base = _pair_list(request)
+    if not pair_list:
+        raise UsageError(f"{request.source}: no pairs")
+    with feedback.progress("reading pairs", len(pair_list)) as advance:
+        report = pairlib.build_bin(pair_list, request.out, resize=request.resize, quality=request.quality,
+                                   advance=advance)
+    if request.make_pairs is not None:
+        pairlib.write_pairs_csv(pair_list, request.out.with_suffix(".pairs.csv"), base)
+    for warning in report.warnings:
+        feedback.warn(warning)
+    for line in (report.missing + report.unaligned + report.label_mismatch)[:50]:
+        feedback.detail(line)
+    if request.strict and report.warnings:
+        request.out.unlink(missing_ok=True)
+        raise FacecliError(f"--strict: {len(report.warnings)} problem(s) found; {request.out} not written")
+    return report
