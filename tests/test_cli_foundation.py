@@ -33,6 +33,22 @@ def test_unknown_option_is_one_line_exit_2(run_cli_process):
     assert "Traceback" not in res.stderr
 
 
+def test_json_is_all_a_pipe_receives(tmp_path, run_cli_process):
+    """Across a real pipe (a separate process: C libraries write to file descriptor 1, not to ``sys.stdout``),
+    ``--json`` output is one JSON document and nothing else."""
+    import numpy as np
+
+    from facecli.imageio import encode_image
+
+    for i, name in enumerate(("ann/a.png", "ann/b.png", "bob/c.png")):
+        (tmp_path / "faces" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "faces" / name).write_bytes(encode_image(np.full((112, 112, 3), 40 * i, np.uint8), "png"))
+    res = run_cli_process("inspect", tmp_path / "faces", "--check", "--json")
+    assert res.returncode == 0, res.stderr
+    info = res.json()
+    assert (info["kind"], info["identities"], info["images"], info["check"]["images_checked"]) == ("folder", 2, 3, 3)
+
+
 def test_registry_builds_and_lists_choices():
     reg: Registry[int] = Registry("widget")
     reg.register("two-plus")(lambda x: x + 2)
