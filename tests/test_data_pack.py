@@ -293,6 +293,9 @@ def test_pack_request_refuses_what_the_cli_refuses(tmp_path, jpegs):
     with pytest.raises(UsageError, match="missing argument OUT"):
         pack_dataset(PackRequest(src=src))
     assert parse_size("112x96") == (112, 96) and parse_shard("1/4") == (1, 4)
+    import facecli.data
+
+    assert facecli.data.pack_dataset is pack_dataset and facecli.data.PackRequest is PackRequest
     with pytest.raises(UsageError, match="expected I/N"):
         parse_shard("4")
 
