@@ -1,6 +1,6 @@
 """``python -m facecli`` (and ``torchrun -m facecli train ...``) runs the command-line interface."""
 
-from facecli.cli.app import run
+from facecli.cli.app import main
 
 if __name__ == "__main__":
-    run()
+    main()

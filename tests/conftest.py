@@ -1,12 +1,18 @@
-"""Shared pytest fixtures: where ../shared is (tests that need it skip cleanly without it) and a CLI runner."""
+"""Shared pytest fixtures: where ../shared is (tests that need it skip cleanly without it) and two CLI runners:
+in this process (fast, the default) and in a subprocess (where the process boundary is what is tested)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Any, TextIO
 
 import pytest
 
@@ -77,20 +83,91 @@ def one_torch_thread():
 
 
 class CliResult:
-    def __init__(self, proc: subprocess.CompletedProcess) -> None:
-        self.returncode = proc.returncode
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
+    """What a CLI call left behind: its exit status and the text it wrote to stdout and stderr."""
 
-    def json(self):
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def json(self) -> Any:
         return json.loads(self.stdout)
 
 
-@pytest.fixture
-def run_cli():
-    """Run ``python -m facecli ARGS`` in a subprocess (real exit codes, real stdout/stderr)."""
+# The interpreter's warning filters as a fresh ``python -m facecli`` has them, before pytest installs its own per test.
+_PROCESS_WARNING_FILTERS = list(warnings.filters)
 
-    def run(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> CliResult:
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Print a warning on the (redirected) stderr, as a separate process would, instead of pytest's recorder."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _exit_status(code: object) -> int:
+    """``SystemExit.code`` as the process exit status the interpreter would give it."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _cli_in_process(args: tuple[object, ...], cwd: Path | None, env: dict[str, str] | None) -> CliResult:
+    """``facecli.cli.app.main(args)`` in this process with stdout/stderr captured; the working directory, the
+    environment, torch's thread count and the warning filters are restored afterwards."""
+    import torch
+
+    from facecli.cli.app import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_cwd, saved_env, saved_threads = os.getcwd(), dict(os.environ), torch.get_num_threads()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        with redirect_stdout(stdout), redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.filters[:] = _PROCESS_WARNING_FILTERS
+            warnings.showwarning = _show_warning
+            try:
+                main([str(a) for a in args])
+                code = 0
+            except SystemExit as exc:
+                code = _exit_status(exc.code)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(saved_threads)
+    return CliResult(code, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., CliResult]:
+    """Run the ``facecli`` CLI with ARGS in this process (``facecli.cli.app.main``), stdout/stderr captured.
+
+    ``cwd=`` and ``env=`` apply for the call only (``env`` replaces the environment, as for a subprocess);
+    ``timeout`` is accepted for the signature's sake and not enforced. Where the process boundary is what a test
+    is about (exit status of ``python -m facecli``, signals, environment read at start-up such as ``TMPDIR``, the
+    bytes a pipe receives), use :func:`run_cli_process`.
+    """
+
+    def run(*args: object, cwd: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None) -> CliResult:
+        return _cli_in_process(args, cwd, env)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_cli_process() -> Callable[..., CliResult]:
+    """Run ``python -m facecli ARGS`` in a subprocess (real exit codes, real stdout/stderr, a fresh interpreter)."""
+
+    def run(*args: object, cwd: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None) -> CliResult:
         proc = subprocess.run(
             [sys.executable, "-m", "facecli", *map(str, args)],
             capture_output=True,
@@ -99,6 +176,6 @@ def run_cli():
             timeout=timeout,
             env=env,
         )
-        return CliResult(proc)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run

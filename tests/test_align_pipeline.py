@@ -287,8 +287,8 @@ def test_cli_exit_codes_and_json(insightface_t1, tmp_path, run_cli):
         assert example.stderr.strip().endswith("pip install 'facecli[insightface]'")
 
 
-def test_the_program_ends_cleanly_after_a_pool_run(insightface_t1, tmp_path, run_cli):
-    """``facecli`` skips the interpreter teardown, but its output and multiprocessing's clean-up are complete."""
+def test_the_program_ends_cleanly_after_a_pool_run(insightface_t1, tmp_path, run_cli_process):
+    """When the ``facecli`` process has ended, its output and multiprocessing's clean-up are complete."""
     import tempfile
 
     raw = tmp_path / "raw"
@@ -296,7 +296,8 @@ def test_the_program_ends_cleanly_after_a_pool_run(insightface_t1, tmp_path, run
     for name in ("a.jpg", "b.jpg", "c.jpg"):
         shutil.copy(insightface_t1, raw / name)
     with tempfile.TemporaryDirectory(prefix="fc", dir="/tmp" if os.path.isdir("/tmp") else None) as scratch:
-        res = run_cli("align", raw, tmp_path / "out", "--workers", "2", "--json", env={**os.environ, "TMPDIR": scratch})
+        res = run_cli_process("align", raw, tmp_path / "out", "--workers", "2", "--json",
+                              env={**os.environ, "TMPDIR": scratch})
         assert res.returncode == 0, res.stderr
         assert res.json()["counts"] == {"ok": 3} and res.json()["workers"] == 2
         # the fork server's socket folder was removed at exit (onnxruntime's own .ses file may stay: not a folder)
@@ -305,7 +306,8 @@ def test_the_program_ends_cleanly_after_a_pool_run(insightface_t1, tmp_path, run
     # A temporary folder too deep for a socket path: the pool starts fresh interpreters instead of a fork server
     deep = tmp_path / ("d" * 100) / ("e" * 100)
     deep.mkdir(parents=True)
-    res = run_cli("align", raw, tmp_path / "out2", "--workers", "2", "--json", env={**os.environ, "TMPDIR": str(deep)})
+    res = run_cli_process("align", raw, tmp_path / "out2", "--workers", "2", "--json",
+                          env={**os.environ, "TMPDIR": str(deep)})
     assert res.returncode == 0, res.stderr
     assert res.json()["counts"] == {"ok": 3}
     assert _tree_bytes(tmp_path / "out") == _tree_bytes(tmp_path / "out2")

@@ -25,12 +25,28 @@ def test_help_lists_verbs(run_cli):
         assert verb in res.stdout
 
 
-def test_unknown_option_is_one_line_exit_2(run_cli):
-    res = run_cli("--no-such-option")
+def test_unknown_option_is_one_line_exit_2(run_cli_process):
+    res = run_cli_process("--no-such-option")  # the exit status of `python -m facecli` itself
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("facecli: error:")
     assert "Traceback" not in res.stderr
+
+
+def test_json_is_all_a_pipe_receives(tmp_path, run_cli_process):
+    """Across a real pipe (a separate process: C libraries write to file descriptor 1, not to ``sys.stdout``),
+    ``--json`` output is one JSON document and nothing else."""
+    import numpy as np
+
+    from facecli.imageio import encode_image
+
+    for i, name in enumerate(("ann/a.png", "ann/b.png", "bob/c.png")):
+        (tmp_path / "faces" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "faces" / name).write_bytes(encode_image(np.full((112, 112, 3), 40 * i, np.uint8), "png"))
+    res = run_cli_process("inspect", tmp_path / "faces", "--check", "--json")
+    assert res.returncode == 0, res.stderr
+    info = res.json()
+    assert (info["kind"], info["identities"], info["images"], info["check"]["images_checked"]) == ("folder", 2, 3, 3)
 
 
 def test_registry_builds_and_lists_choices():
@@ -63,3 +79,27 @@ def test_the_cleanup_pattern_finds_a_writers_temporaries_even_for_long_names(tmp
         tmp.write_text("partial")
         assert [Path(p) for p in globbing.glob(str(tmp_path / temp_pattern(name)))] == [tmp]
         assert not globbing.glob(str(tmp_path / temp_pattern("other.rec")))
+
+
+def test_align_request_is_the_command(tmp_path, run_cli):
+    """``facecli.align.run(AlignRequest(...))`` writes the crops ``facecli align`` writes and returns its summary."""
+    import numpy as np
+
+    from facecli.align import AlignRequest, run
+    from facecli.imageio import encode_image
+
+    rng = np.random.default_rng(0)
+    for name in ("ann/a.png", "bob/b.png", "bob/c.png"):
+        (tmp_path / "raw" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "raw" / name).write_bytes(encode_image(rng.integers(0, 256, (120, 100, 3), np.uint8), "png"))
+    res = run_cli("align", tmp_path / "raw", tmp_path / "cli", "--assume-aligned", "--size", "128", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = run(AlignRequest(raw=str(tmp_path / "raw"), out=str(tmp_path / "lib"), assume_aligned=True, size=128))
+    assert summary["counts"] == res.json()["counts"] == {"ok": 3}
+    crops = sorted(p.relative_to(tmp_path / "cli") for p in (tmp_path / "cli").rglob("*.jpg"))
+    assert len(crops) == 3
+    assert [(tmp_path / "lib" / c).read_bytes() for c in crops] == [(tmp_path / "cli" / c).read_bytes() for c in crops]
+    with pytest.raises(UsageError, match="--merge-manifests takes exactly one folder"):
+        run(AlignRequest(raw="a", out="b", merge_manifests=True))
+    with pytest.raises(UsageError, match="align needs RAW and OUT"):
+        run(AlignRequest(raw="a"))

@@ -15,9 +15,12 @@ import pytest
 
 from facecli.data.layouts import KFaceLayout, Selection, build_layout
 from facecli.data.pack import PackOptions, lazy_plan, plan_pack, write_pack
+from facecli.data.pack_request import PackRequest, pack_dataset, parse_shard, parse_size
 from facecli.data.recordio import RecordReader, read_ms1m_layout, read_property, unpack
 from facecli.data.unpack import unpack_records
+from facecli.errors import UsageError
 from facecli.imageio import decode_image
+from facecli.progress import Silent
 
 OUTPUTS = ("train.rec", "train.idx", "property", "labels.csv", "records.csv")
 
@@ -260,8 +263,41 @@ def test_align_manifest_and_exclude_list(tmp_path, jpegs, run_cli):
         records = [(r["path"], r["source"]) for r in csv.DictReader(fh)]
     assert records == [("ann/0.jpg", "/photos/ann/0.png"), ("ann/2.jpg", "/photos/ann/2.png"),
                        ("bob/0.jpg", "/photos/bob/0.png"), ("bob/1.jpg", "/photos/bob/1.png")]
+    assert f"using {src / 'manifest.csv'} from facecli align" in res.stderr
     res = run_cli("pack", src, tmp_path / "plain", "--no-manifest", "--json")
-    assert res.json()["num_images"] == 7
+    assert res.json()["num_images"] == 7 and "manifest" not in res.stderr
+
+    # the library call a Python user makes writes the same files and says the same about the manifest
+    class Notes(Silent):
+        def __init__(self) -> None:
+            self.said: list[str] = []
+
+        def info(self, message: str) -> None:
+            self.said.append(message)
+
+    notes = Notes()
+    result = pack_dataset(PackRequest(src=src, out=tmp_path / "library", exclude_list=exclude), notes)
+    assert result.num_images == 4
+    assert notes.said == [f"using {src / 'manifest.csv'} from facecli align (only 'ok' faces)"]
+    for name in (*OUTPUTS, "pack.json"):
+        assert (tmp_path / "library" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_pack_request_refuses_what_the_cli_refuses(tmp_path, jpegs):
+    src = tmp_path / "src"
+    _write(src / "ann" / "0.jpg", jpegs[0])
+    with pytest.raises(UsageError, match="must not be inside SRC"):
+        pack_dataset(PackRequest(src=src, out=src / "out"))
+    with pytest.raises(UsageError, match="--verify 'all': choose one of"):
+        pack_dataset(PackRequest(src=src, out=tmp_path / "out", verify="all"))
+    with pytest.raises(UsageError, match="missing argument OUT"):
+        pack_dataset(PackRequest(src=src))
+    assert parse_size("112x96") == (112, 96) and parse_shard("1/4") == (1, 4)
+    import facecli.data
+
+    assert facecli.data.pack_dataset is pack_dataset and facecli.data.PackRequest is PackRequest
+    with pytest.raises(UsageError, match="expected I/N"):
+        parse_shard("4")
 
 
 def test_csv_layout_numeric_labels(tmp_path, jpegs):

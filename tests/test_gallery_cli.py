@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +20,6 @@ pytestmark = pytest.mark.shared
 
 MODEL = "models/mobilefacenet_foamliu.onnx"
 IMAGENET = ["--mean", "123.675,116.28,103.53", "--std", "58.395,57.12,57.375", "--rgb"]  # see the model's README
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "facecli", *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +59,22 @@ def model(shared_dir) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def calibrated(lfw, model, tmp_path_factory) -> Path:
+def calibrated(lfw, model, tmp_path_factory, run_cli) -> Path:
     """A gallery built from the enrolled crops and calibrated at FPIR 0.05 on the calibration strangers."""
     path = tmp_path_factory.mktemp("gallery") / "g.npz"
-    res = cli("gallery", "build", lfw / "enrol", "--out", path, *model, "--json")
+    res = run_cli("gallery", "build", lfw / "enrol", "--out", path, *model, "--json")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["identities"] == 20 and summary["images"] == 60 and summary["skipped"] == 0
-    res = cli("gallery", "calibrate", "-g", path, "--impostors", lfw / "cal", "--far", "0.05", "--json")
+    res = run_cli("gallery", "calibrate", "-g", path, "--impostors", lfw / "cal", "--far", "0.05", "--json")
     assert res.returncode == 0, res.stderr
     return path
 
 
 @pytest.fixture(scope="module")
-def searched(lfw, calibrated) -> dict:
+def searched(lfw, calibrated, run_cli) -> dict:
     """``gallery search`` of every probe with all 20 identities listed (so every score is there)."""
-    res = cli("gallery", "search", lfw / "probes", "-g", calibrated, "--top-k", "20", "--json")
+    res = run_cli("gallery", "search", lfw / "probes", "-g", calibrated, "--top-k", "20", "--json")
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -118,8 +112,8 @@ def test_enrolled_people_are_found_and_strangers_rejected(calibrated, searched):
         assert (r["decision"] == "unknown") == (r["score"] < t["threshold"])
 
 
-def test_evaluate_reports_open_set_metrics_and_det(lfw, calibrated, tmp_path):
-    res = cli("gallery", "evaluate", "-g", calibrated, "--probes", lfw / "probes", "--fpir", "0.05,0.1,0.001",
+def test_evaluate_reports_open_set_metrics_and_det(lfw, calibrated, tmp_path, run_cli):
+    res = run_cli("gallery", "evaluate", "-g", calibrated, "--probes", lfw / "probes", "--fpir", "0.05,0.1,0.001",
               "--out", tmp_path, "--json")
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
@@ -134,10 +128,17 @@ def test_evaluate_reports_open_set_metrics_and_det(lfw, calibrated, tmp_path):
     assert (tmp_path / "det.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "report.json").read_text())["rank1"] == report["rank1"]
 
+    # a Python user's call writes the same report.json and returns the command's JSON
+    from facecli.gallery.verbs import EvaluateRequest, evaluate
 
-def test_far_calibration_holds_on_held_out_strangers(lfw, calibrated, searched, tmp_path):
+    done = evaluate(EvaluateRequest(calibrated, lfw / "probes", (0.05, 0.1, 0.001), out=tmp_path / "library"))
+    assert (tmp_path / "library" / "report.json").read_bytes() == (tmp_path / "report.json").read_bytes()
+    assert json.loads(json.dumps(done.data)) == report and (tmp_path / "library" / "det.png").is_file()
+
+
+def test_far_calibration_holds_on_held_out_strangers(lfw, calibrated, searched, tmp_path, run_cli):
     path = copy_of(calibrated, tmp_path)
-    res = cli("gallery", "calibrate", "-g", path, "--impostors", lfw / "cal", "--far", "0.05", "--metric", "far",
+    res = run_cli("gallery", "calibrate", "-g", path, "--impostors", lfw / "cal", "--far", "0.05", "--metric", "far",
               "--json")
     assert res.returncode == 0, res.stderr
     cal = json.loads(res.stdout)
@@ -150,22 +151,22 @@ def test_far_calibration_holds_on_held_out_strangers(lfw, calibrated, searched, 
     assert abs(measured - 0.05) < 4 * sigma, measured
 
 
-def test_a_different_model_is_refused(lfw, calibrated, shared_dir):
-    res = cli("gallery", "search", lfw / "probes", "-g", calibrated, "--model", shared_dir / MODEL,
+def test_a_different_model_is_refused(lfw, calibrated, shared_dir, run_cli):
+    res = run_cli("gallery", "search", lfw / "probes", "-g", calibrated, "--model", shared_dir / MODEL,
               "--mean", "127.5", "--std", "127.5")
     assert res.returncode == 1
     assert res.stderr.startswith("facecli: error: model fingerprint") and "differs from the gallery's" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 
 
-def test_add_and_remove_keep_search_consistent(lfw, calibrated, tmp_path):
+def test_add_and_remove_keep_search_consistent(lfw, calibrated, tmp_path, run_cli):
     path = copy_of(calibrated, tmp_path)
     before = Gallery.load(path)
     gone = ["Al_Gore", "Ana_Palacio"]
-    res = cli("gallery", "remove", *gone, "-g", path, "--json")
+    res = run_cli("gallery", "remove", *gone, "-g", path, "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["identities"] == 18 and "re-run `facecli gallery calibrate`" in res.stderr
-    res = cli("gallery", "search", lfw / "probes" / "Al_Gore", "-g", path, "--json")
+    res = run_cli("gallery", "search", lfw / "probes" / "Al_Gore", "-g", path, "--json")
     assert res.returncode == 0, res.stderr
     results = json.loads(res.stdout)["results"]
     assert results and all(r["decision"] not in gone and all(m["identity"] not in gone for m in r["top_k"])
@@ -174,20 +175,20 @@ def test_add_and_remove_keep_search_consistent(lfw, calibrated, tmp_path):
     back = tmp_path / "back"
     for name in gone:
         shutil.copytree(lfw / "enrol" / name, back / name)
-    res = cli("gallery", "add", back, "-g", path, "--json")
+    res = run_cli("gallery", "add", back, "-g", path, "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["added"] == 6
     after = Gallery.load(path)
     np.testing.assert_array_equal(after.identities, before.identities)
     np.testing.assert_allclose(after.templates, before.templates, atol=1e-6)
-    res = cli("gallery", "add", back, "-g", path, "--json")  # same files again: nothing changes
+    res = run_cli("gallery", "add", back, "-g", path, "--json")  # same files again: nothing changes
     assert json.loads(res.stdout)["added"] == 0 and json.loads(res.stdout)["already_enrolled"] == 6
 
 
-def test_faiss_index_reports_recall_and_memory(lfw, calibrated, tmp_path):
+def test_faiss_index_reports_recall_and_memory(lfw, calibrated, tmp_path, run_cli):
     pytest.importorskip("faiss")
     path = copy_of(calibrated, tmp_path)
-    res = cli("gallery", "search", lfw / "probes" / "Al_Gore", "-g", path, "--index", "faiss-ivfpq", "-k", "3",
+    res = run_cli("gallery", "search", lfw / "probes" / "Al_Gore", "-g", path, "--index", "faiss-ivfpq", "-k", "3",
               "--json")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
@@ -198,25 +199,25 @@ def test_faiss_index_reports_recall_and_memory(lfw, calibrated, tmp_path):
     assert (tmp_path / (path.name + ".faiss-ivfpq.npz")).is_file()  # cached beside the gallery
 
 
-def test_corrupt_gallery_is_one_clear_line(tmp_path, lfw):
+def test_corrupt_gallery_is_one_clear_line(tmp_path, lfw, run_cli):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"PK\x03\x04 this is not a gallery")
-    res = cli("gallery", "search", lfw / "probes", "-g", bad)
+    res = run_cli("gallery", "search", lfw / "probes", "-g", bad)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.strip().startswith(f"facecli: error: {bad}: not a readable gallery file")
-    res = cli("gallery", "remove", "x", "-g", tmp_path / "missing.npz")
+    res = run_cli("gallery", "remove", "x", "-g", tmp_path / "missing.npz")
     assert res.returncode == 2 and "gallery not found" in res.stderr
 
 
-def test_uncalibrated_gallery_needs_a_threshold(lfw, calibrated, tmp_path):
+def test_uncalibrated_gallery_needs_a_threshold(lfw, calibrated, tmp_path, run_cli):
     path = tmp_path / "raw.npz"
     g = Gallery.load(calibrated)
     g.threshold = None
     g.save(path)
-    res = cli("gallery", "search", lfw / "probes" / "Al_Gore", "-g", path)
+    res = run_cli("gallery", "search", lfw / "probes" / "Al_Gore", "-g", path)
     assert res.returncode == 2 and "no calibrated threshold" in res.stderr
     out = tmp_path / "results.csv"
-    res = cli("gallery", "search", lfw / "probes" / "Al_Gore", "-g", path, "--threshold", "0.3", "-k", "2",
+    res = run_cli("gallery", "search", lfw / "probes" / "Al_Gore", "-g", path, "--threshold", "0.3", "-k", "2",
               "--out", out, "-q")
     assert res.returncode == 0, res.stderr
     rows = list(csv.reader(out.open()))
@@ -224,14 +225,14 @@ def test_uncalibrated_gallery_needs_a_threshold(lfw, calibrated, tmp_path):
     assert len(rows) == 3 and all(row[2] == "Al_Gore" for row in rows[1:])
 
 
-def test_impostors_must_be_strangers(lfw, calibrated, tmp_path):
-    res = cli("gallery", "calibrate", "-g", copy_of(calibrated, tmp_path), "--impostors", lfw / "probes")
+def test_impostors_must_be_strangers(lfw, calibrated, tmp_path, run_cli):
+    res = run_cli("gallery", "calibrate", "-g", copy_of(calibrated, tmp_path), "--impostors", lfw / "probes")
     assert res.returncode == 2 and "impostor identities are enrolled in the gallery" in res.stderr
 
 
-def test_align_on_the_fly_matches_aligned_crops(lfw, model, calibrated, tmp_path):
+def test_align_on_the_fly_matches_aligned_crops(lfw, model, calibrated, tmp_path, run_cli):
     path = tmp_path / "aligned.npz"
-    res = cli("gallery", "build", lfw / "raw", "--align", "--out", path, *model, "--json")
+    res = run_cli("gallery", "build", lfw / "raw", "--align", "--out", path, *model, "--json")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["images"] == 9 and summary["skipped"] == 1  # a photo of a wall: recorded, not fatal
@@ -244,11 +245,11 @@ def test_align_on_the_fly_matches_aligned_crops(lfw, model, calibrated, tmp_path
     cosines = (raw.templates * crops.templates[rows]).sum(axis=1)
     assert cosines.min() > 0.999  # JPEG photos aligned on the fly = the same crops saved as PNG
 
-    res = cli("gallery", "build", lfw / "raw", "--out", tmp_path / "x.npz", *model)  # raw photos, no --align
+    res = run_cli("gallery", "build", lfw / "raw", "--out", tmp_path / "x.npz", *model)  # raw photos, no --align
     assert res.returncode == 2 and "no usable face" in res.stderr and "not_aligned: 10" in res.stderr
 
 
-def test_calibrate_on_impostor_pairs_of_a_bin(lfw, calibrated, tmp_path):
+def test_calibrate_on_impostor_pairs_of_a_bin(lfw, calibrated, tmp_path, run_cli):
     from facecli.data.benchmarks import save_bin
 
     crops = {p.parent.name: [] for p in sorted((lfw / "cal").rglob("*.png"))}
@@ -266,9 +267,9 @@ def test_calibrate_on_impostor_pairs_of_a_bin(lfw, calibrated, tmp_path):
     save_bin(pairs, images, issame)
     path = copy_of(calibrated, tmp_path)
 
-    res = cli("gallery", "calibrate", "-g", path, "--impostors", pairs, "--far", "0.1")
+    res = run_cli("gallery", "calibrate", "-g", path, "--impostors", pairs, "--far", "0.1")
     assert res.returncode == 2 and "measure the per-comparison FAR only" in res.stderr
-    res = cli("gallery", "calibrate", "-g", path, "--impostors", pairs, "--far", "0.1", "--metric", "far", "--json")
+    res = run_cli("gallery", "calibrate", "-g", path, "--impostors", pairs, "--far", "0.1", "--metric", "far", "--json")
     assert res.returncode == 0, res.stderr
     cal = json.loads(res.stdout)
     assert cal["metric"] == "far" and cal["n_comparisons"] == 45 and cal["fpir"] is None
@@ -278,11 +279,11 @@ def test_calibrate_on_impostor_pairs_of_a_bin(lfw, calibrated, tmp_path):
 
 
 def test_csv_scores_keep_decisions_one_float32_step_from_the_threshold():
-    from facecli.cli.gallery import _score_text
+    from facecli.gallery.verbs import score_text
 
     rng = np.random.default_rng(0)
     for below in rng.uniform(-1, 1, 1000).astype(np.float32):
         threshold = np.nextafter(below, np.float32(np.inf))  # as calibration sets it: one step above a score
-        assert np.float32(float(_score_text(below))) == below
-        assert float(_score_text(below)) < float(threshold) <= float(_score_text(threshold))
-    assert _score_text(0.5) == "0.5" and _score_text(np.float32(0.1)) == "0.10000000149011612"
+        assert np.float32(float(score_text(below))) == below
+        assert float(score_text(below)) < float(threshold) <= float(score_text(threshold))
+    assert score_text(0.5) == "0.5" and score_text(np.float32(0.1)) == "0.10000000149011612"

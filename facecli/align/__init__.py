@@ -10,6 +10,7 @@ Library use, without the CLI (images are RGB uint8 (H, W, 3), see DESIGN.md)::
     crop = align(image, faces[0].landmarks)      # 112x112 RGB, bit-identical to insightface norm_crop
     crop, face = align_image(image, select="center")   # detect + choose + warp in one call
     summary = align_folder("raw/", "aligned/", select="center", workers=2)
+    summary = run(AlignRequest(raw="raw/", out="aligned/", select="center"))  # facecli align raw/ aligned/ ...
 
 Detectors are built once and reused (``get_detector``); MTCNN's model loading costs far more than one image.
 """
@@ -21,12 +22,14 @@ from typing import Any
 import numpy as np
 
 from facecli.align.detectors import DETECTORS, Detector, Face, build_detector
+from facecli.align.request import AlignRequest, run
 from facecli.align.selection import SELECT_MODES, Selection, select_faces
 from facecli.align.transform import ARCFACE_DST, align, estimate_norm, template, warp
 from facecli.errors import UsageError
 
 __all__ = [
     "ARCFACE_DST",
+    "AlignRequest",
     "DETECTORS",
     "SELECT_MODES",
     "Detector",
@@ -40,6 +43,7 @@ __all__ = [
     "estimate_norm",
     "get_detector",
     "merge_manifests",
+    "run",
     "select_faces",
     "template",
     "warp",

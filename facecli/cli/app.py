@@ -6,11 +6,8 @@ click's own usage errors), 130 interrupted. Errors are one line on stderr; ``--d
 
 from __future__ import annotations
 
-import atexit
 import errno
-import os
 import sys
-import threading
 import traceback
 
 import typer
@@ -55,7 +52,11 @@ def _fail(message: str, code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; ``argv`` defaults to ``sys.argv[1:]``."""
+    """Run the CLI (the ``facecli`` program, ``python -m facecli``); ``argv`` defaults to ``sys.argv[1:]``.
+
+    Always ends with ``SystemExit`` carrying the exit code, so that the interpreter shuts down as usual (atexit
+    handlers, multiprocessing's clean-up, flushed streams); tests call it in-process and catch it.
+    """
     _state["debug"] = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         returned = app(args=argv, prog_name="facecli", standalone_mode=False)
@@ -89,32 +90,4 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
     sys.exit(0)
-
-
-def run() -> None:
-    """The ``facecli`` program: :func:`main`, then end the process without dismantling the interpreter.
-
-    When a command returns, its outputs are written and closed, yet Python would still spend 0.15-0.2 s freeing
-    numpy, OpenCV, onnxruntime and pandas object by object before the shell gets control back: a twentieth of a
-    typical ``facecli align`` run. ``atexit`` handlers still run (multiprocessing removes its temporary files,
-    logging flushes, torch closes its process group) and the standard streams are flushed; only the teardown is
-    skipped, and only when no other thread is still running (those would otherwise be joined). Callers inside
-    Python use :func:`main`, which ends with ``SystemExit`` as usual.
-    """
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-    if threading.active_count() > 1:
-        sys.exit(code)
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (facecli ... | head) has nobody left to read it
-            pass
-    os._exit(code)
 

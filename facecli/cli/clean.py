@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from facecli.cli.common import UI
-from facecli.cli.options import JsonOpt, QuietOpt, VerboseOpt
+from facecli.cli.options import JsonOpt, QuietOpt, VerboseOpt, out_option
 
 DataArg = Annotated[Path, typer.Argument(
     help="The training data of the run: an image folder (ROOT/identity/*.jpg) or a .rec.")]
 RunOpt = Annotated[Path, typer.Option("--run", help="A finished `facecli train --head subcenter-arcface` run.")]
 HeadOpt = Annotated[str, typer.Option(help="The head the run was trained with (only subcenter-arcface can clean).")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="CSV of suspicious images (default RUN/suspicious.csv).")]
+OutOpt = Annotated[Path | None, out_option("CSV of suspicious images (default RUN/suspicious.csv).")]
 ThresholdOpt = Annotated[float, typer.Option(
     help="Angle (degrees) to the identity's dominant sub-centre above which an image is suspicious (paper: 75).")]
-PackOpt = Annotated[Optional[Path], typer.Option(
+PackOpt = Annotated[Path | None, typer.Option(
     "--pack", help="Also write a new pack of DATA (an image folder) without the suspicious images here.")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Faces per network call.")]
 
 
 def clean(

@@ -7,11 +7,10 @@ Results go to stdout (a rich table, or JSON with ``--json``); progress bars, war
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -24,24 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-
-def to_jsonable(value: Any) -> Any:
-    """Convert numpy scalars/arrays, paths and non-finite floats into plain JSON values."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return to_jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from facecli.jsonable import to_jsonable
 
 
 def _no_advance(n: int = 1) -> None:

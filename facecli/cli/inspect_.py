@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from facecli.cli.common import UI
 from facecli.cli.options import JsonOpt, QuietOpt, VerboseOpt
+from facecli.progress import no_progress
 
 
 def inspect(
     path: Annotated[Path, typer.Argument(help="A .rec (or the folder holding it), a .bin, or an image folder.")],
     check: Annotated[bool, typer.Option("--check", help="Read and decode everything; list every bad record.")] = False,
-    grid: Annotated[Optional[Path], typer.Option(help="Write a contact sheet PNG of sample images with labels.")] = None,
+    grid: Annotated[Path | None, typer.Option(help="Write a contact sheet PNG of sample images with labels.")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Images on the --grid sheet.")] = 48,
     json_: JsonOpt = False,
     verbose: VerboseOpt = 0,
@@ -26,7 +27,7 @@ def inspect(
 
     ui = UI(json=json_, verbose=verbose, quiet=quiet)
     total = inspection.work_for_check(path) if check else None
-    with ui.progress("checking", total) if check else _nullcontext() as advance:
+    with (ui.progress if check else no_progress)("checking", total) as advance:
         info, sampled = inspection.inspect_path(path, check=check, samples=samples if grid else 0, advance=advance)
     if grid is not None:
         inspection.contact_sheet(sampled, grid)
@@ -39,14 +40,6 @@ def inspect(
         problems = len(result["bad"]) + len(result.get("scan", []))
         if problems:
             raise FacecliError(f"{path}: {problems} problem(s) found by --check")
-
-
-class _nullcontext:
-    def __enter__(self):
-        return lambda n=1: None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def _where(item: dict) -> str:

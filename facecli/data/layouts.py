@@ -16,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Iterable, NamedTuple, Protocol, Sequence
+from typing import ClassVar, Iterable, NamedTuple, Protocol, Sequence
 
 from facecli.data.csvinput import read_csv
 from facecli.errors import UsageError
@@ -50,6 +50,10 @@ class Identity:
 
 class Layout(Protocol):
     """Lists identities in label order and the samples of one identity in record order."""
+
+    @property
+    def manifest(self) -> Path | None:
+        """The ``facecli align`` manifest that lists the images, or None when the layout lists them itself."""
 
     def identities(self) -> list[Identity]: ...
 
@@ -148,6 +152,8 @@ class FolderLayout:
     With ``identity_depth > 1``, folders of the same name under different parents are the same identity.
     """
 
+    manifest: ClassVar[Path | None] = None
+
     src: Path
     identity_depth: int = 1
 
@@ -190,6 +196,8 @@ class KFaceLayout:
     S = accessory (S001 none, S002.. glasses/hats), L = lighting (1-30), E = expression (1-3), C = camera (1-20).
     Each filter is a set of numbers (None = all); files that do not follow the pattern are ignored.
     """
+
+    manifest: ClassVar[Path | None] = None
 
     src: Path
     identity_depth: int = 1
@@ -255,6 +263,8 @@ def _grouped(samples: Iterable[Sample]) -> list[Identity]:
 @dataclass
 class CsvLayout:
     """A CSV with ``path,label`` columns (header optional); the label is an identity name or number."""
+
+    manifest: ClassVar[Path | None] = None
 
     src: Path
     labels: Path | None = None

@@ -1,7 +1,9 @@
 """Open-set identification: enrol identities in a gallery, calibrate the accept threshold on strangers, search.
 
 ``store`` (the gallery file), ``faces`` (image folders → embeddings), ``search`` (exact/FAISS top-k),
-``calibrate`` (threshold from a target FPIR or FAR), ``metrics`` (DIR/FNIR at FPIR, rank-k, DET).
+``calibrate`` (threshold from a target FPIR or FAR), ``metrics`` (DIR/FNIR at FPIR, rank-k, DET);
+``workflow`` chains them on loaded objects and ``verbs`` runs each ``facecli gallery`` command as one library call
+(a request in, the gallery file and reports written, the command's JSON out).
 """
 
 from facecli.gallery.calibrate import Calibration, calibrate, threshold_for_rate
