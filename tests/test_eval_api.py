@@ -67,16 +67,16 @@ class Recorder:
 def test_pairs_on_the_bundled_photos_equal_the_cli(tmp_path, capsys):
     request = EvalRequest(models=[MODEL], pairs=LFW / "pairs_sample.txt", images=str(LFW), mean=IMAGENET[0],
                           std=IMAGENET[1], workers=2, cache=tmp_path / "cache", bootstrap=20)
-    events = Recorder()
-    result = run(request, events=events)
-    assert capsys.readouterr() == ("", "")  # the library prints nothing; the events hear it all
+    feedback = Recorder()
+    result = run(request, feedback=feedback)
+    assert capsys.readouterr() == ("", "")  # the library prints nothing; the feedback hear it all
     (entry,) = result.entries
     assert (entry.model, entry.benchmark) == ("mobilefacenet.onnx", "pairs_sample")
     assert entry.verification is not None and entry.verification.n_pairs == 200 and entry.verification.nfolds == 2
     assert result.models_info[0]["model"] == str(MODEL) and result.models_info[0]["mean"] == [123.675, 116.28, 103.53]
     photos = len(read_pairs(LFW / "pairs_sample.txt", LFW).unique_paths)  # each embedded once
-    assert events.progress_calls == [("mobilefacenet.onnx · pairs_sample.txt", None, photos)]
-    assert events.warnings == [f"{photos} photo(s) are not 112x112 face crops and were resized; pass --align for "
+    assert feedback.progress_calls == [("mobilefacenet.onnx · pairs_sample.txt", None, photos)]
+    assert feedback.warnings == [f"{photos} photo(s) are not 112x112 face crops and were resized; pass --align for "
                                "unaligned photos"]
     assert result.written == []
     # the CLI on the same input (its features come from the library's cache: same model, same photos)

@@ -18,6 +18,7 @@ from facecli.cli.options import (
     QuietOpt,
     StdOpt,
     VerboseOpt,
+    out_option,
 )
 
 FLIP_HELP = (
@@ -76,7 +77,7 @@ NfoldsOpt = Annotated[
 ]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Threads decoding/aligning images.")]
 CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Folder for per-image features: reused and resumed.")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Write report.json, report.csv, roc.png, pairs.csv here.")]
+OutOpt = Annotated[Path | None, out_option("Write report.json, report.csv, roc.png, pairs.csv here.")]
 WorstOpt = Annotated[
     int, typer.Option("--worst", min=0, help="With --out: contact sheet of the N hardest false accepts/rejects.")
 ]
@@ -152,7 +153,7 @@ def eval_command(
         bootstrap=bootstrap,
         quality_threshold=quality_threshold,
     )
-    result = run(request, events=ui)
+    result = run(request, feedback=ui)
     if result.written:
         ui.info("wrote " + ", ".join(str(p) for p in result.written))
     ui.result(result.to_dict(), result.render)

@@ -6,7 +6,6 @@ directory with its preprocessing; ``embed`` turns aligned faces into (flip-fused
 """
 
 from facecli.eval.embed import embed
-from facecli.eval.events import EvalEvents, SilentEvents
 from facecli.eval.models import EmbeddingModel, load_model
 from facecli.eval.request import EvalRequest
 from facecli.eval.verification import VerificationResult, verify
@@ -14,10 +13,8 @@ from facecli.eval.workflow import EvalResult, run
 
 __all__ = [
     "EmbeddingModel",
-    "EvalEvents",
     "EvalRequest",
     "EvalResult",
-    "SilentEvents",
     "VerificationResult",
     "embed",
     "load_model",

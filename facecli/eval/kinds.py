@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from facecli.eval import ijb, runner
-from facecli.eval.events import EvalEvents
 from facecli.eval.models import EmbeddingModel
 from facecli.eval.report import Entry
+from facecli.progress import Feedback
 from facecli.registry import Registry
 
 if TYPE_CHECKING:
@@ -39,11 +39,11 @@ class BenchmarkKind:
     def prepare(self) -> None:
         """Read what must be readable before the first model loads (a damaged file fails fast)."""
 
-    def evaluate_model(self, model: EmbeddingModel, label: str, events: EvalEvents) -> Entry:
+    def evaluate_model(self, model: EmbeddingModel, label: str, feedback: Feedback) -> Entry:
         """The entry of ``model`` (shown as ``label``) on this benchmark."""
         raise NotImplementedError(f"benchmark kind {self.bench.kind!r} is scored without a model")
 
-    def evaluate_given(self, events: EvalEvents) -> Entry:
+    def evaluate_given(self, feedback: Feedback) -> Entry:
         """The entry of the features or embeddings the request names."""
         raise NotImplementedError(f"benchmark kind {self.bench.kind!r} needs a model")
 
@@ -60,27 +60,27 @@ class BinBenchmark(BenchmarkKind):
     def prepare(self) -> None:
         self.data = runner.load_benchmark_bin(self.bench)
 
-    def evaluate_model(self, model: EmbeddingModel, label: str, events: EvalEvents) -> Entry:
-        with events.progress(f"{label} · {self.bench.name}", len(self.data[0])) as advance:
+    def evaluate_model(self, model: EmbeddingModel, label: str, feedback: Feedback) -> Entry:
+        with feedback.progress(f"{label} · {self.bench.name}", len(self.data[0])) as advance:
             run = runner.evaluate_bin(model, self.bench, self.data, self.options, advance)
-        return verification_entry(events, label, run)
+        return verification_entry(feedback, label, run)
 
 
 @BENCHMARK_KINDS.register("pairs")
 class PairsBenchmark(BenchmarkKind):
     """Photos named by an LFW-style pairs file, aligned first with ``--align``."""
 
-    def evaluate_model(self, model: EmbeddingModel, label: str, events: EvalEvents) -> Entry:
+    def evaluate_model(self, model: EmbeddingModel, label: str, feedback: Feedback) -> Entry:
         bench = self.bench
         assert bench.images is not None
-        with events.progress(f"{label} · {bench.path.name}", None) as advance:
+        with feedback.progress(f"{label} · {bench.path.name}", None) as advance:
             run = runner.evaluate_pairs(model, bench.path, bench.images, bench.align, self.options, advance)
-        entry = verification_entry(events, label, run)
+        entry = verification_entry(feedback, label, run)
         if run.resized:
-            events.warn(f"{run.resized} photo(s) are not {model.input_size}x{model.input_size} face crops and were "
+            feedback.warn(f"{run.resized} photo(s) are not {model.input_size}x{model.input_size} face crops and were "
                         "resized; pass --align for unaligned photos")
         if run.no_face:
-            events.warn(f"no face found in {len(run.no_face)} photo(s); their centre crop was used (see the report)")
+            feedback.warn(f"no face found in {len(run.no_face)} photo(s); their centre crop was used (see the report)")
         return entry
 
 
@@ -91,12 +91,12 @@ class EmbeddingsBenchmark(BenchmarkKind):
     def uses_model(self) -> bool:
         return False
 
-    def evaluate_given(self, events: EvalEvents) -> Entry:
+    def evaluate_given(self, feedback: Feedback) -> Entry:
         embeddings, issame, flipped = self.request.embeddings, self.request.issame, self.request.embeddings_flip
         assert embeddings is not None and issame is not None
         result, quality = runner.evaluate_embeddings(embeddings, issame, flipped, self.options)
         info = {"flip": "sum" if flipped else "none", "quality": quality.to_dict()}
-        report_quality(events, f"{embeddings.stem} · {issame.stem}", quality)
+        report_quality(feedback, f"{embeddings.stem} · {issame.stem}", quality)
         return Entry(embeddings.stem, issame.stem, verification=result, info=info)
 
 
@@ -107,19 +107,19 @@ class IjbBenchmark(BenchmarkKind):
     def uses_model(self) -> bool:
         return self.request.features is None
 
-    def evaluate_model(self, model: EmbeddingModel, label: str, events: EvalEvents) -> Entry:
+    def evaluate_model(self, model: EmbeddingModel, label: str, feedback: Feedback) -> Entry:
         protocol = ijb.read_protocol(self.bench.path, self.bench.name)
-        with events.progress(f"{label} · {self.bench.name} images", protocol.n_images) as advance:
+        with feedback.progress(f"{label} · {self.bench.name} images", protocol.n_images) as advance:
             feats = runner.ijb_image_features(model, protocol, self.options, advance)
-        return self._score(events, label, feats, protocol)
+        return self._score(feedback, label, feats, protocol)
 
-    def evaluate_given(self, events: EvalEvents) -> Entry:
+    def evaluate_given(self, feedback: Feedback) -> Entry:
         features = self.request.features
         assert features is not None
-        return self._score(events, features.stem, runner.load_npy(features, "features"))
+        return self._score(feedback, features.stem, runner.load_npy(features, "features"))
 
     def _score(
-        self, events: EvalEvents, label: str, feats: np.ndarray, protocol: ijb.IJBProtocol | None = None
+        self, feedback: Feedback, label: str, feats: np.ndarray, protocol: ijb.IJBProtocol | None = None
     ) -> Entry:
         """1:1 and 1:N from per-image features, with a progress bar over the template pairs."""
         request = self.request
@@ -127,26 +127,26 @@ class IjbBenchmark(BenchmarkKind):
         flags = ijb.IJBFlags(norm_score=request.norm_score, detector_score=request.detector_score,
                              flip=self.options.flipped)
         protocol = protocol or ijb.read_protocol(self.bench.path, self.bench.name)
-        with events.progress(f"{label} · {self.bench.name} pairs", len(protocol.pair_t1)) as advance:
+        with feedback.progress(f"{label} · {self.bench.name} pairs", len(protocol.pair_t1)) as advance:
             run = runner.evaluate_ijb(protocol, feats, scores, flags, request.ijb_mode, advance)
         return Entry(label, self.bench.name, ijb=run)
 
 
-def verification_entry(events: EvalEvents, label: str, run: runner.VerificationRun) -> Entry:
+def verification_entry(feedback: Feedback, label: str, run: runner.VerificationRun) -> Entry:
     """The report entry of a verification run, with its face-quality summary."""
     info = {"quality": run.quality.to_dict()} if run.quality is not None else {}
     if run.quality is not None:
-        report_quality(events, f"{label} · {run.benchmark.name}", run.quality)
+        report_quality(feedback, f"{label} · {run.benchmark.name}", run.quality)
     return Entry(label, run.benchmark.name, verification=run.result, run=run, info=info)
 
 
-def report_quality(events: EvalEvents, label: str, quality: runner.QualityReport) -> None:
+def report_quality(feedback: Feedback, label: str, quality: runner.QualityReport) -> None:
     """One line on the norms, and on the pairs ``--quality-threshold`` left out of the pooled metrics."""
     q = quality.to_dict()
-    events.detail(f"{label}: embedding norm min {q['norm_min']:.3f}, median {q['norm_median']:.3f}, "
+    feedback.detail(f"{label}: embedding norm min {q['norm_min']:.3f}, median {q['norm_median']:.3f}, "
                   f"max {q['norm_max']:.3f}")
     if quality.threshold is not None:
-        events.info(
+        feedback.info(
             f"{label}: {quality.n_low_pairs} pair(s) have an image with quality < {quality.threshold:g}; "
             "left out of TAR@FAR/AUC/EER (10-fold accuracy uses all pairs)"
         )

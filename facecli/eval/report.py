@@ -23,6 +23,7 @@ from facecli.eval import roc as roc_lib
 from facecli.eval.runner import IJBRun, VerificationRun
 from facecli.eval.verification import VerificationResult, fold_slices
 from facecli.fileio import atomic_write_bytes, atomic_write_text
+from facecli.jsonable import to_jsonable
 
 TABLE_FARS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
@@ -386,25 +387,8 @@ def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars/arrays to Python, paths to strings, NaN/inf to null."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def report_dict(entries: list[Entry], models: list[dict[str, Any]]) -> dict[str, Any]:
-    return jsonable({"models": models, "results": [e.to_dict() for e in entries]})
+    return to_jsonable({"models": models, "results": [e.to_dict() for e in entries]})
 
 
 def write_outputs(
@@ -417,10 +401,10 @@ def write_outputs(
     full = report_dict(entries, models)
     for result, entry in zip(full["results"], entries, strict=True):  # the curves belong in the file, not on stdout
         if entry.verification is not None:
-            result.update(jsonable({"tpr": entry.verification.tpr, "fpr": entry.verification.fpr}))
+            result.update(to_jsonable({"tpr": entry.verification.tpr, "fpr": entry.verification.fpr}))
         elif entry.ijb is not None:
             curve = entry.ijb.verification
-            result["one_to_one"].update(jsonable({"fpr": curve.fpr, "tpr": curve.tpr}))
+            result["one_to_one"].update(to_jsonable({"fpr": curve.fpr, "tpr": curve.tpr}))
     atomic_write_text(out / "report.json", json.dumps(full, indent=1, ensure_ascii=False))
     written.append(out / "report.json")
     atomic_write_text(out / "report.csv", _csv_text(report_rows(entries)))

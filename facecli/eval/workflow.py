@@ -1,7 +1,7 @@
 """``facecli.eval.run``: one evaluation, from an :class:`~facecli.eval.request.EvalRequest` to its report.
 
 This is ``facecli eval`` without the command line: the same order of work, numbers, files and errors. The CLI
-builds the request from its options, passes its console as the events, and renders the result::
+builds the request from its options, passes its console as the feedback, and renders the result::
 
     from facecli.eval import EvalRequest, run
 
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from facecli.eval import report
-from facecli.eval.events import EvalEvents, SilentEvents
 from facecli.eval.kinds import BENCHMARK_KINDS
 from facecli.eval.models import EmbeddingModel, load_model
 from facecli.eval.request import EvalRequest
+from facecli.progress import SILENT, Feedback
 
 
 @dataclass
@@ -40,32 +40,31 @@ class EvalResult:
         report.render(console, self.entries)
 
 
-def run(request: EvalRequest, events: EvalEvents | None = None) -> EvalResult:
+def run(request: EvalRequest, feedback: Feedback = SILENT) -> EvalResult:
     """Evaluate ``request``: given features first, then each model on each benchmark in order; ``request.out``
-    receives the report files. ``events`` hears progress and warnings (default: silence)."""
-    events = events or SilentEvents()
+    receives the report files. ``feedback`` hears progress and warnings (default: silence)."""
     kinds = [BENCHMARK_KINDS.build(b.kind, bench=b, request=request) for b in request.resolved]
-    entries = [kind.evaluate_given(events) for kind in kinds if not kind.uses_model()]
+    entries = [kind.evaluate_given(feedback) for kind in kinds if not kind.uses_model()]
     with_model = [kind for kind in kinds if kind.uses_model()]
     for kind in with_model:
         kind.prepare()
     models_info = []
     for spec in request.models if with_model else ():
-        model = _load(request, spec, events)
+        model = _load(request, spec, feedback)
         models_info.append(model.describe())
         label = model_label(spec, request.models)
         if request.quality_threshold is not None and not model.quality:
-            events.warn(f"{label} has no facecli.quality metadata: its embedding norm may not encode face quality; "
+            feedback.warn(f"{label} has no facecli.quality metadata: its embedding norm may not encode face quality; "
                         f"--quality-threshold {request.quality_threshold:g} is applied anyway")
-        entries += [kind.evaluate_model(model, label, events) for kind in with_model]
+        entries += [kind.evaluate_model(model, label, feedback) for kind in with_model]
     written = [] if request.out is None else report.write_outputs(request.out, entries, models_info, request.worst)
     return EvalResult(entries, models_info, written)
 
 
-def _load(request: EvalRequest, spec: Path, events: EvalEvents) -> EmbeddingModel:
+def _load(request: EvalRequest, spec: Path, feedback: Feedback) -> EmbeddingModel:
     model = load_model(spec, mean=request.mean, std=request.std, bgr=request.bgr, device=request.device,
                        batch_size=request.batch_size)
-    events.detail(f"{spec}: {model.color}, mean {model.mean}, std {model.std} ({model.preprocessing_from}), "
+    feedback.detail(f"{spec}: {model.color}, mean {model.mean}, std {model.std} ({model.preprocessing_from}), "
                   f"{model.fingerprint}")
     return model
 
