@@ -749,6 +749,58 @@ def _shown(folder: Folder) -> str:
     return str(folder) if isinstance(folder, RemoteFolder) else text_name(folder)
 
 
+def _resume(
+    out: Folder, jobs: list[Job], previous: dict[str, list[dict[str, Any]]], fingerprints: dict[str, str],
+    overwrite: bool,
+) -> tuple[list[dict[str, Any]], list[Job], int]:
+    """The rows of files a previous run finished with these settings (:func:`_already_done`), the jobs still to
+    do, and how many of those had crops made with other settings; those earlier crops are removed now."""
+    rows: list[dict[str, Any]] = []
+    todo: list[Job] = []
+    redone: list[dict[str, Any]] = []  # rows of earlier crops of the files to do again
+    stale = 0
+    for job in jobs:
+        earlier = previous.get(job.source, [])
+        done = None if overwrite else _already_done(out, fingerprints[job.source], earlier)
+        if done:
+            rows.extend(done)
+            continue
+        todo.append(job)
+        recorded = [r for r in earlier if r["status"] in WRITTEN_STATUSES]
+        redone.extend(recorded)
+        stale += any(r.get("settings") != fingerprints[job.source] for r in recorded)
+    _remove_stale(out, redone, keep={r["output"] for r in rows})
+    return rows, todo, stale
+
+
+def _align_all(
+    out: Folder, manifest_path: Path, rows: list[dict[str, Any]], todo: list[Job], options: AlignOptions,
+    executor: Executor, fingerprints: dict[str, str], advance: Callable[[int], None],
+) -> tuple[int, float]:
+    """Compute every job, write its crops and journal its rows (added to ``rows``) as results arrive, then save
+    the manifest, also when the run stops (Ctrl-C, a full disk): what finished is kept. Returns the count of files
+    processed and their CPU seconds."""
+    journal = _open_journal(manifest_path)
+    processed = 0
+    cpu_seconds = 0.0
+    try:
+        with _results(todo, options, executor) as results:
+            for result in results:
+                finished = _write_result(out, result)
+                for row in finished:
+                    row["settings"] = fingerprints[row["source"]] if row["status"] == "ok" else None
+                _record(journal, finished)
+                rows.extend(finished)
+                processed += 1
+                cpu_seconds += result.cpu_seconds
+                advance(1)
+    except BaseException:
+        _save_manifest(out, manifest_path, rows, journal, failing=True)
+        raise
+    _save_manifest(out, manifest_path, rows, journal, failing=False)
+    return processed, cpu_seconds
+
+
 def align_folder(
     raw: str | Path,
     out: str | Path,
@@ -803,21 +855,7 @@ def align_folder(
     run_fingerprint = options.fingerprint()
     fingerprints = {job.source: options.file_fingerprint(run_fingerprint, job.source) for job in jobs}
 
-    rows: list[dict[str, Any]] = []
-    todo: list[Job] = []
-    redone: list[dict[str, Any]] = []  # rows of earlier crops of the files to do again
-    stale = 0
-    for job in jobs:
-        earlier = previous.get(job.source, [])
-        done = None if overwrite else _already_done(target, fingerprints[job.source], earlier)
-        if done:
-            rows.extend(done)
-            continue
-        todo.append(job)
-        recorded = [r for r in earlier if r["status"] in WRITTEN_STATUSES]
-        redone.extend(recorded)
-        stale += any(r.get("settings") != fingerprints[job.source] for r in recorded)
-    _remove_stale(target, redone, keep={r["output"] for r in rows})
+    rows, todo, stale = _resume(target, jobs, previous, fingerprints, overwrite)
 
     workers = workers or auto_workers(todo)
     if isinstance(source_folder, RemoteFolder) and in_one_process(source_folder.fs):
@@ -830,25 +868,9 @@ def align_folder(
         import pandas  # noqa: F401
 
     progress = progress or (lambda total: contextlib.nullcontext(lambda n=1: None))
-    journal = _open_journal(manifest_path)
-    processed = 0
-    cpu_seconds = 0.0
-    try:
-        with _results(todo, options, executor) as results, progress(len(jobs)) as advance:
-            advance(len(jobs) - len(todo))
-            for result in results:
-                finished = _write_result(target, result)
-                for row in finished:
-                    row["settings"] = fingerprints[row["source"]] if row["status"] == "ok" else None
-                _record(journal, finished)
-                rows.extend(finished)
-                processed += 1
-                cpu_seconds += result.cpu_seconds
-                advance(1)
-    except BaseException:
-        _save_manifest(target, manifest_path, rows, journal, failing=True)  # also on Ctrl-C: what finished is kept
-        raise
-    _save_manifest(target, manifest_path, rows, journal, failing=False)
+    with progress(len(jobs)) as advance:
+        advance(len(jobs) - len(todo))
+        processed, cpu_seconds = _align_all(target, manifest_path, rows, todo, options, executor, fingerprints, advance)
 
     elapsed = time.perf_counter() - started
     counts = status_counts(rows)
