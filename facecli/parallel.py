@@ -128,8 +128,8 @@ def _run_task(item: Any) -> Any:
 def _outcome(value: Any) -> Any:
     """A result, or the exception a task or a dead worker produced, raised here."""
     if isinstance(value, BrokenProcessPool):
-        raise WorkerCrashed("a worker process ended abruptly (killed, or out of memory?); the run was stopped") \
-            from None
+        message = "a worker process ended abruptly (killed, or out of memory?); the run was stopped"
+        raise WorkerCrashed(message) from None
     if isinstance(value, BaseException):
         raise value
     return value
@@ -250,7 +250,7 @@ class Executor:
                 return
             try:
                 pool.submit(_run_task, handout.items[index]).add_done_callback(done)
-            except RuntimeError as exc:  # stopped (the run is over) or broken (BrokenProcessPool): say so
+            except Exception as exc:  # stopped, broken, or a worker that cannot start: the caller waits for this item
                 finished.put(exc)
 
         def done(future: Future) -> None:
