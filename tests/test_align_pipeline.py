@@ -313,29 +313,6 @@ def test_the_program_ends_cleanly_after_a_pool_run(insightface_t1, tmp_path, run
     assert _tree_bytes(tmp_path / "out") == _tree_bytes(tmp_path / "out2")
 
 
-def test_the_fork_server_starts_without_blas_threads_unless_asked(monkeypatch):
-    from facecli.align import pipeline
-
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    monkeypatch.setenv("FACECLI_TEST_KEPT", "mine")
-    with pipeline._environment({"OPENBLAS_NUM_THREADS": "1", "FACECLI_TEST_KEPT": "theirs"}):
-        assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and os.environ["FACECLI_TEST_KEPT"] == "mine"
-    assert "OPENBLAS_NUM_THREADS" not in os.environ and os.environ["FACECLI_TEST_KEPT"] == "mine"
-
-
-def test_the_pool_and_this_process_take_the_biggest_file_left(tmp_path):
-    from facecli.align.pipeline import Job, _JobQueue
-
-    sizes = {"a": 10, "b": 30, "c": 20, "d": 40}
-    for name, size in sizes.items():
-        (tmp_path / name).write_bytes(b"x" * size)
-    queue = _JobQueue([Job(tmp_path / name, name, name) for name in sizes])
-    taken = [queue.take().source, queue.take(for_pool=True).source, queue.take(for_pool=True).source]
-    assert taken == ["d", "b", "c"] and queue.sent == 2
-    queue.close()
-    assert queue.take() is None and queue.sent == 2
-
-
 def test_name_collisions_and_overwrite(shared_dir, tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

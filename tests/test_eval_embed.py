@@ -49,3 +49,30 @@ def test_cache_resumes_and_reuses(shared_dir, tiny, tmp_path):
 
     with pytest.raises(UsageError, match="another setup"):
         FeatureCache(tmp_path, model.fingerprint, "tiny", 81, chunk_size=32)
+
+
+def test_loading_threads_keep_the_order_and_a_failed_load_is_raised(shared_dir, tiny):
+    """Faces are loaded on the executor's threads, two batches ahead: every row belongs to its own face whatever
+    the thread count, and a face that cannot be loaded stops the run with its own error."""
+    from facecli.errors import CorruptFileError
+
+    model = load_model(shared_dir / "models" / "mobilefacenet_foamliu.onnx", batch_size=8)
+    loaded: list[int] = []
+
+    def load(i):
+        loaded.append(i)
+        return tiny[i]
+
+    one = embed_stream(model, len(tiny), load, flip=False, workers=1)
+    assert sorted(loaded) == list(range(len(tiny)))
+    three = embed_stream(model, len(tiny), load, flip=False, workers=3)
+    assert np.array_equal(one, three)
+    np.testing.assert_allclose(one[40:48], model.embed_batch(tiny[40:48]), rtol=1e-5, atol=1e-5)
+
+    def broken(i):
+        if i == 20:
+            raise CorruptFileError("face 20: damaged")
+        return tiny[i]
+
+    with pytest.raises(CorruptFileError, match="^face 20: damaged$"):
+        embed_stream(model, len(tiny), broken, flip=False, workers=3)

@@ -1,6 +1,7 @@
 """``facecli.onnxgraph``'s rewrites compute what the original graph computes, and touch only the patterns they know:
 ``split_pair_groups`` (MobileFaceNet's 2-channel grouped convolution split by channel parity) and
-``fill_channel_blocks`` (narrow first layers widened to whole channel blocks up to their pooling)."""
+``fill_channel_blocks`` (narrow first layers widened to whole channel blocks up to their pooling); and the session
+factory that applies them (``facecli.onnxsession``) can be switched off."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from facecli.errors import UsageError  # noqa: E402
 from facecli.onnxgraph import fill_channel_blocks, rewrite_prelu, split_pair_groups  # noqa: E402
+from facecli.onnxsession import REWRITES_ENV, device_providers, open_session  # noqa: E402
 
 C = 32  # 16 groups of 2 channels
 
@@ -131,20 +134,68 @@ def test_fill_channel_blocks_leaves_other_graphs_alone():
     assert fill_channel_blocks(shared.graph) == 0 and shared.SerializeToString() == before
 
 
-def test_mtcnn_nets_compute_the_same_bits_with_filled_blocks(monkeypatch):
+def test_mtcnn_nets_compute_the_same_bits_rewritten_or_not():
+    """The session factory fills MTCNN's narrow layers and rewrites its PRelus without changing one bit; with the
+    rewrites off it runs onnxruntime's plain session of the same graph."""
     from facecli.align.detectors import mtcnn
 
     rng = np.random.default_rng(4)
     for net, size, pixel_type in (("pnet", 97, "uint8"), ("rnet", 24, "float32")):
         blob = rng.uniform(0, 255, (7, size, size, 3)).astype(pixel_type)
-        path = mtcnn._weights_dir() / f"{net}.onnx"
-        filled = _session_outputs(mtcnn._prepare_graph(path, pixel_type), blob)
-        with monkeypatch.context() as patch:
-            patch.setattr(mtcnn, "fill_channel_blocks", lambda graph: 0)
-            plain = _session_outputs(mtcnn._prepare_graph(path, pixel_type), blob)
-        assert all(np.array_equal(a, b) for a, b in zip(filled, plain)), net
+        graph = mtcnn._prepare_graph(mtcnn._weights_dir() / f"{net}.onnx", pixel_type)
+        rewritten, plain = open_session(graph), open_session(graph, rewrites=False)
+        assert rewritten.rewritten and not plain.rewritten
+        ops = [node.op_type for node in rewritten.model.graph.node]
+        assert "PRelu" not in ops and "Slice" in ops  # rewritten, and the first layer filled to whole blocks
+        reference = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        expected = reference.run(None, {"pixels": blob})
+        for opened in (rewritten, plain):
+            got = opened.session.run(None, {"pixels": blob})
+            assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True)), net
 
 
-def _session_outputs(model_bytes: bytes, blob: np.ndarray) -> list[np.ndarray]:
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    return session.run(None, {"pixels": blob})
+def test_the_rewrites_are_turned_off_by_keyword_or_environment(monkeypatch):
+    graph = _narrow_graph(10)
+    monkeypatch.delenv(REWRITES_ENV, raising=False)
+    assert open_session(graph).rewritten  # on by default
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv(REWRITES_ENV, off)
+        assert not open_session(graph).rewritten and open_session(graph).model is graph
+    assert open_session(graph, rewrites=True).rewritten  # the keyword wins
+    monkeypatch.setenv(REWRITES_ENV, "1")
+    assert not open_session(graph, rewrites=False).rewritten
+    blob = np.random.default_rng(3).uniform(-1, 1, (2, 3, 40, 40)).astype(np.float32)
+    outputs = [open_session(graph, rewrites=on).session.run(None, {"data": blob})[0] for on in (True, False)]
+    assert np.array_equal(outputs[0], outputs[1]) and np.array_equal(outputs[1], _run(graph, blob))
+
+
+def test_embeddings_without_rewrites_are_onnxruntimes_plain_ones(shared_dir, monkeypatch):
+    """A real model with the rewrites off by the environment: the embeddings of a plain onnxruntime session of the
+    file; with them on (the default), the same within float rounding."""
+    from facecli.eval import load_model
+
+    path = shared_dir / "models" / "mobilefacenet_foamliu.onnx"
+    faces = np.random.default_rng(5).integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    monkeypatch.setenv(REWRITES_ENV, "0")
+    off = load_model(path)
+    monkeypatch.delenv(REWRITES_ENV)
+    on = load_model(path)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    blob = off.preprocess(faces)
+    expected = np.concatenate([plain.run(None, {off.input_name: blob[i : i + 1]})[0] for i in range(len(blob))])
+    expected = expected.reshape(len(blob), -1)
+    np.testing.assert_allclose(off.forward(blob), expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+    np.testing.assert_allclose(on.forward(blob), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_devices_map_to_onnxruntime_providers():
+    assert device_providers("cpu") == ["CPUExecutionProvider"]
+    with pytest.raises(UsageError, match="unknown device"):
+        device_providers("gpu")
+    with pytest.raises(UsageError, match="unknown device"):
+        device_providers("cuda:x")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(UsageError, match="no CUDAExecutionProvider"):
+            device_providers("cuda:1")
+    else:
+        assert device_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]

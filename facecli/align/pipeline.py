@@ -16,7 +16,8 @@ The shape of a run, and why:
   smaller runs stay in this process, as a pool would not be up before they end.
 * **Compute in workers, write in one place.** With ``--workers N`` this process is one of the N: it starts at
   once while N - 1 pool processes start up. Whichever process is free takes the biggest file left, so only small
-  files remain at the end and the processes finish together. Pool processes return encoded crops and manifest rows;
+  files remain at the end and the processes finish together (:meth:`facecli.parallel.Executor.share`, which
+  starts, stops and fails the pool as for every stage). Pool processes return encoded crops and manifest rows;
   this process writes every file atomically as results arrive. Results are byte-identical to ``--workers 1``
   (the manifest is sorted before it is written) and Ctrl-C leaves no partial file: pool processes ignore SIGINT,
   this process stops them, saves the manifest of what finished and re-raises.
@@ -32,16 +33,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import inspect
 import json
 import os
-import signal
-import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -79,9 +80,10 @@ from facecli.imageio import (
     max_file_bytes,
     read_file_bytes,
 )
+from facecli.parallel import Executor, usable_cpus
 
 FORMATS = ("jpg", "png")
-ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
+ProgressFactory = Callable[[int], contextlib.AbstractContextManager[Callable[[int], None]]]
 
 
 @dataclass(frozen=True)
@@ -388,9 +390,9 @@ def _row(job: Job, status: str, reason: str = "", **values: Any) -> dict[str, An
 def _face_values(face: Face, matrix: np.ndarray) -> dict[str, Any]:
     """Manifest cells for one crop: score, box, landmarks and the 2x3 matrix, as plain floats."""
     values: dict[str, Any] = {"score": face.score}
-    values.update(zip(BOX_COLUMNS, (float(v) for v in face.box)))
-    values.update(zip(LANDMARK_COLUMNS, (float(v) for v in face.landmarks.reshape(-1))))
-    values.update(zip(MATRIX_COLUMNS, (float(v) for v in matrix.reshape(-1))))
+    values.update(zip(BOX_COLUMNS, (float(v) for v in face.box), strict=True))
+    values.update(zip(LANDMARK_COLUMNS, (float(v) for v in face.landmarks.reshape(-1)), strict=True))
+    values.update(zip(MATRIX_COLUMNS, (float(v) for v in matrix.reshape(-1)), strict=True))
     return values
 
 
@@ -597,13 +599,6 @@ AUTO_WORKERS_MIN_FILES = 64
 AUTO_WORKERS_MIN_BYTES = 1 << 20
 
 
-def usable_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
 def _file_size(job: Job) -> int:
     if isinstance(job.path, RemoteFile):
         return job.path.size
@@ -623,25 +618,20 @@ def auto_workers(jobs: list[Job]) -> int:
     return 1
 
 
-_WORKER: dict[str, Any] = {}
-
-
 def _make_detector(options: AlignOptions) -> Detector | None:
     if options.assume_aligned or options.landmarks is not None:
         return None
     return build_detector(options.detector, **options.detector_options)
 
 
-def _init_worker(options: AlignOptions) -> None:
-    import cv2
+def _file_task(options: AlignOptions, one_thread: bool) -> Callable[[Job], FileResult]:
+    """What each process that aligns (this one, and every pool process) builds once: its own detector, and with a
+    pool OpenCV on one thread (the parallelism is the processes; OpenCV's threads would only contend with them)."""
+    if one_thread:
+        import cv2
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    cv2.setNumThreads(1)  # the parallelism is the worker processes; OpenCV threads would only contend with them
-    _WORKER["options"] = options
-    try:
-        _WORKER["detector"] = _make_detector(options)
-    except Exception as exc:  # raising here would make the pool respawn workers forever; report it per job
-        _WORKER["error"] = exc
+        cv2.setNumThreads(1)
+    return functools.partial(_timed, options=options, detector=_make_detector(options))
 
 
 def _timed(job: Job, options: AlignOptions, detector: Detector | None) -> FileResult:
@@ -657,137 +647,19 @@ def _timed(job: Job, options: AlignOptions, detector: Detector | None) -> FileRe
     return result
 
 
-def _work(job: Job) -> FileResult:
-    if "error" in _WORKER:
-        raise _WORKER["error"]
-    return _timed(job, _WORKER["options"], _WORKER["detector"])
-
-
-def _worker_context() -> Any:
-    """The multiprocessing context for the pool; its fork server starts now, in the background.
-
-    Never plain fork: the caller may already run OpenCV/onnxruntime threads (a library user, the test suite), and a
-    child forked while one of them holds a lock hangs. A fork server is a fresh process; preloading this module and
-    the detectors' runtime there makes each worker start with numpy, OpenCV and onnxruntime already imported. It is
-    started as soon as a run knows it needs workers, so those imports overlap with the planning of the run.
-    """
-    import multiprocessing
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    from multiprocessing import forkserver
-
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__, "onnx", "onnxruntime"])
-    try:
-        with _environment(SINGLE_THREADED_BLAS):
-            forkserver.ensure_running()
-    except OSError:  # its socket cannot be made (a TMPDIR too long for a socket path): fresh interpreters instead
-        return multiprocessing.get_context("spawn")
-    return ctx
-
-
-# Pool processes compute on one thread by design (OpenCV and onnxruntime are set to one each). numpy's OpenBLAS
-# would still start a thread per core when the fork server imports numpy, and those threads busy-wait for about
-# 0.1 s before they sleep: 0.2 s of CPU taken from the run's start. Unless the caller chose a value, none start.
-SINGLE_THREADED_BLAS = {"OPENBLAS_NUM_THREADS": "1"}
-
-
 @contextlib.contextmanager
-def _environment(defaults: dict[str, str]) -> Iterator[None]:
-    """Environment variables not already set take these values inside the block (for a child started there)."""
-    added = {name: value for name, value in defaults.items() if name not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
-
-
-class _JobQueue:
-    """Jobs biggest first, taken by whichever process is free: this one, or the pool as each result comes back.
-
-    Taking the biggest remaining file whenever a process is free leaves only the smallest files for the end, so
-    the processes finish together. The pool's jobs are handed out from its result thread the moment a result
-    arrives, so a pool process never waits for this one to finish a file; ``sent`` counts what the pool was given.
-    """
-
-    def __init__(self, jobs: list[Job]) -> None:
-        self._jobs = sorted(jobs, key=_file_size, reverse=True)
-        self._next = 0
-        self._lock = threading.Lock()
-        self.sent = 0
-
-    def take(self, for_pool: bool = False) -> Job | None:
-        with self._lock:
-            if self._next == len(self._jobs):
-                return None
-            self._next += 1
-            self.sent += for_pool
-            return self._jobs[self._next - 1]
-
-    def close(self) -> None:
-        """Hand out nothing more (the run is over or being abandoned)."""
-        with self._lock:
-            self._next = len(self._jobs)
-
-
-def _start_pool(ctx: Any, size: int, options: AlignOptions, jobs: _JobQueue, finished: Any) -> Any:
-    """Start ``size`` pool processes and keep each of them two jobs deep: one running, one waiting in its pipe."""
-    pool = ctx.Pool(size, initializer=_init_worker, initargs=(options,))
-
-    def submit() -> None:
-        job = jobs.take(for_pool=True)
-        if job is None:
-            return
-        try:
-            pool.apply_async(_work, (job,), callback=done, error_callback=finished.put)
-        except ValueError:  # the pool is being stopped: the run is over
-            pass
-
-    def done(result: FileResult) -> None:
-        finished.put(result)
-        submit()
-
-    for _ in range(2 * size):
-        submit()
-    return pool
-
-
-@contextlib.contextmanager
-def _results(
-    jobs: list[Job], options: AlignOptions, workers: int, ctx: Any
-) -> Iterator[Iterator[FileResult]]:
-    """Results computed here in job order (no ``ctx``: one worker), or shared between this process and a pool, as
-    they finish.
-
-    With N workers, N - 1 are pool processes (from ``ctx``, see :func:`_worker_context`) and this process is the
-    N-th. The pool starts on a background thread (about a second: a fork server that imports the detector's
-    runtime) while this process already works; from then on every process takes the biggest file left
-    (:class:`_JobQueue`).
-    """
-    if ctx is None:
-        detector = _make_detector(options)
-        yield (_timed(job, options, detector) for job in jobs)
+def _results(jobs: list[Job], options: AlignOptions, executor: Executor) -> Iterator[Iterator[FileResult]]:
+    """Every job's result as it finishes: in job order in this process (one worker), or shared between this
+    process and a pool (:meth:`Executor.share`), the biggest file left going to whichever process is free, so that
+    only small files remain at the end and the processes finish together."""
+    if executor.workers == 1:
+        with executor.share(functools.partial(_file_task, options, False), jobs) as results:
+            yield results
         return
-    import queue
-    from concurrent.futures import ThreadPoolExecutor
-
-    size = min(workers - 1, len(jobs) - 1)
-    shared = _JobQueue(jobs)
-    finished: queue.SimpleQueue = queue.SimpleQueue()  # filled by the pool's result thread
-    with ThreadPoolExecutor(1) as starter, _opencv_threads(1):
-        pool_future = starter.submit(_start_pool, ctx, size, options, shared, finished)
-        try:
-            yield _shared_results(pool_future, shared, finished, options)
-        finally:
-            # Every task has been collected (or the run is being abandoned): stop the workers instead of waiting
-            # for them to tear down their runtimes one by one. A pool that failed to start has nothing to stop.
-            shared.close()
-            if pool_future.exception() is None:
-                pool_future.result().terminate()
-                pool_future.result().join()
+    biggest_first = sorted(jobs, key=_file_size, reverse=True)
+    task = functools.partial(_file_task, options, True)
+    with _opencv_threads(1), executor.share(task, biggest_first) as results:
+        yield results
 
 
 @contextlib.contextmanager
@@ -801,33 +673,6 @@ def _opencv_threads(count: int) -> Iterator[None]:
         yield
     finally:
         cv2.setNumThreads(previous)
-
-
-def _shared_results(pool_future: Any, jobs: _JobQueue, finished: Any, options: AlignOptions) -> Iterator[FileResult]:
-    """Compute jobs here while passing on the pool's results as they arrive; then wait for the pool's last ones."""
-    received = 0
-    detector: Detector | None = None
-
-    def collected(result: FileResult | BaseException) -> FileResult:
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    while True:
-        while not finished.empty():
-            received += 1
-            yield collected(finished.get())
-        if pool_future.done() and pool_future.exception() is not None:
-            raise pool_future.exception()
-        job = jobs.take()
-        if job is None:
-            break
-        if detector is None:
-            detector = _make_detector(options)
-        yield _timed(job, options, detector)
-    while received < jobs.sent:  # every job is handed out; the pool's last ones are still running
-        received += 1
-        yield collected(finished.get())
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -904,6 +749,58 @@ def _shown(folder: Folder) -> str:
     return str(folder) if isinstance(folder, RemoteFolder) else text_name(folder)
 
 
+def _resume(
+    out: Folder, jobs: list[Job], previous: dict[str, list[dict[str, Any]]], fingerprints: dict[str, str],
+    overwrite: bool,
+) -> tuple[list[dict[str, Any]], list[Job], int]:
+    """The rows of files a previous run finished with these settings (:func:`_already_done`), the jobs still to
+    do, and how many of those had crops made with other settings; those earlier crops are removed now."""
+    rows: list[dict[str, Any]] = []
+    todo: list[Job] = []
+    redone: list[dict[str, Any]] = []  # rows of earlier crops of the files to do again
+    stale = 0
+    for job in jobs:
+        earlier = previous.get(job.source, [])
+        done = None if overwrite else _already_done(out, fingerprints[job.source], earlier)
+        if done:
+            rows.extend(done)
+            continue
+        todo.append(job)
+        recorded = [r for r in earlier if r["status"] in WRITTEN_STATUSES]
+        redone.extend(recorded)
+        stale += any(r.get("settings") != fingerprints[job.source] for r in recorded)
+    _remove_stale(out, redone, keep={r["output"] for r in rows})
+    return rows, todo, stale
+
+
+def _align_all(
+    out: Folder, manifest_path: Path, rows: list[dict[str, Any]], todo: list[Job], options: AlignOptions,
+    executor: Executor, fingerprints: dict[str, str], advance: Callable[[int], None],
+) -> tuple[int, float]:
+    """Compute every job, write its crops and journal its rows (added to ``rows``) as results arrive, then save
+    the manifest, also when the run stops (Ctrl-C, a full disk): what finished is kept. Returns the count of files
+    processed and their CPU seconds."""
+    journal = _open_journal(manifest_path)
+    processed = 0
+    cpu_seconds = 0.0
+    try:
+        with _results(todo, options, executor) as results:
+            for result in results:
+                finished = _write_result(out, result)
+                for row in finished:
+                    row["settings"] = fingerprints[row["source"]] if row["status"] == "ok" else None
+                _record(journal, finished)
+                rows.extend(finished)
+                processed += 1
+                cpu_seconds += result.cpu_seconds
+                advance(1)
+    except BaseException:
+        _save_manifest(out, manifest_path, rows, journal, failing=True)
+        raise
+    _save_manifest(out, manifest_path, rows, journal, failing=False)
+    return processed, cpu_seconds
+
+
 def align_folder(
     raw: str | Path,
     out: str | Path,
@@ -958,52 +855,22 @@ def align_folder(
     run_fingerprint = options.fingerprint()
     fingerprints = {job.source: options.file_fingerprint(run_fingerprint, job.source) for job in jobs}
 
-    rows: list[dict[str, Any]] = []
-    todo: list[Job] = []
-    redone: list[dict[str, Any]] = []  # rows of earlier crops of the files to do again
-    stale = 0
-    for job in jobs:
-        earlier = previous.get(job.source, [])
-        done = None if overwrite else _already_done(target, fingerprints[job.source], earlier)
-        if done:
-            rows.extend(done)
-            continue
-        todo.append(job)
-        recorded = [r for r in earlier if r["status"] in WRITTEN_STATUSES]
-        redone.extend(recorded)
-        stale += any(r.get("settings") != fingerprints[job.source] for r in recorded)
-    _remove_stale(target, redone, keep={r["output"] for r in rows})
+    rows, todo, stale = _resume(target, jobs, previous, fingerprints, overwrite)
 
     workers = workers or auto_workers(todo)
     if isinstance(source_folder, RemoteFolder) and in_one_process(source_folder.fs):
         workers = 1  # worker processes would not see this process's memory:// files
-    ctx = None  # no pool: one worker, or nothing to share
-    if workers > 1 and len(todo) > 1:
-        # Start the fork server now; while it imports the detector's runtime on one core, this process imports
-        # pandas for the manifest on the other.
-        ctx = _worker_context()
+    pooled = workers > 1 and len(todo) > 1  # else no pool: one worker, or nothing to share
+    # With a pool, the fork server starts now; while it imports the detector's runtime on one core, this process
+    # imports pandas for the manifest on the other.
+    executor = Executor(workers if pooled else 1, preload=[__name__, "onnx", "onnxruntime"])
+    if pooled:
         import pandas  # noqa: F401
 
     progress = progress or (lambda total: contextlib.nullcontext(lambda n=1: None))
-    journal = _open_journal(manifest_path)
-    processed = 0
-    cpu_seconds = 0.0
-    try:
-        with _results(todo, options, workers, ctx) as results, progress(len(jobs)) as advance:
-            advance(len(jobs) - len(todo))
-            for result in results:
-                finished = _write_result(target, result)
-                for row in finished:
-                    row["settings"] = fingerprints[row["source"]] if row["status"] == "ok" else None
-                _record(journal, finished)
-                rows.extend(finished)
-                processed += 1
-                cpu_seconds += result.cpu_seconds
-                advance(1)
-    except BaseException:
-        _save_manifest(target, manifest_path, rows, journal, failing=True)  # also on Ctrl-C: what finished is kept
-        raise
-    _save_manifest(target, manifest_path, rows, journal, failing=False)
+    with progress(len(jobs)) as advance:
+        advance(len(jobs) - len(todo))
+        processed, cpu_seconds = _align_all(target, manifest_path, rows, todo, options, executor, fingerprints, advance)
 
     elapsed = time.perf_counter() - started
     counts = status_counts(rows)

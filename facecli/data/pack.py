@@ -23,7 +23,6 @@ removed when the same pack is written again.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import csv
 import functools
@@ -34,9 +33,9 @@ import os
 import re
 import tempfile
 from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 from facecli.data.layouts import Identity, Layout, Sample, Selection
 from facecli.data.payloads import Encoding, prepare_many, probe, read_regular_file
@@ -51,6 +50,7 @@ from facecli.data.recordio import (
 )
 from facecli.errors import CorruptFileError, UsageError
 from facecli.fileio import atomic_write_text, new_file_mode, sha256_file, temp_pattern, temp_prefix
+from facecli.parallel import Executor
 
 LAYOUTS_OUT = ("ms1m", "flat")
 REC_NAME = DEFAULT_REC_NAME
@@ -244,28 +244,14 @@ class DatasetWriter:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Ordered parallel preparation with bounded memory
-
-
-def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """``map(fn, items)`` in order, with ``workers`` processes and at most ``4 * workers`` items in flight.
-
-    Each item is one task, so callers pass batches (a few dozen images), not single images.
-    """
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    iterator = iter(items)
-    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque(pool.submit(fn, item) for item in itertools.islice(iterator, 4 * workers))
-        while pending:
-            result = pending.popleft().result()
-            pending.extend(pool.submit(fn, item) for item in itertools.islice(iterator, 1))  # refill what was taken
-            yield result
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The pack job
+
+
+def _executor(workers: int) -> Executor:
+    """Where images are prepared: this process, or ``workers`` processes (:class:`facecli.parallel.Executor`, its
+    fork server preloading the preparation code) each given one batch at a time, at most ``4 * workers`` batches
+    ahead of the writer."""
+    return Executor(workers, preload=["facecli.data.payloads"])
 
 
 @dataclass
@@ -314,6 +300,7 @@ def write_pack(
     ``pack.json``) must hold nothing run-specific (workers, times), so that ``pack.json`` is reproducible too.
     """
     out = Path(out)
+    executor = _executor(options.workers)  # its worker processes' fork server starts now, while the plan is listed
     layout, selection = plan.layout, plan.selection
     if options.shard is not None and plan.identities is None:
         plan = plan_pack(layout, selection, options.resize or plan.image_size)
@@ -342,22 +329,23 @@ def write_pack(
     in_flight: deque = deque()  # each batch's segments (planned, samples, last of the identity), in order
     try:
         batches = _track(stream, in_flight, identities)
-        prepared = ordered_map(functools.partial(prepare_many, encoding=encoding), batches, options.workers)
-        for results in prepared:
-            statuses.update([result.status for result in results])
-            end = 0
-            for planned, samples, last in in_flight.popleft():
-                start, end = end, end + len(samples)
-                payloads = [result.payload for result in results[start:end]]
-                if None in payloads:  # skipped images: listed, and left out of the records
-                    skipped.extend({"path": s.rel, "status": r.status, "reason": r.reason}
-                                   for r, s in zip(results[start:end], samples) if r.payload is None)
-                    kept = [i for i, payload in enumerate(payloads) if payload is not None]
-                    payloads, samples = [payloads[i] for i in kept], [samples[i] for i in kept]
-                writer.add_many(planned.label, planned.name, payloads, [s.rel for s in samples],
-                                [s.source for s in samples])
-                if last:
-                    advance(1)
+        prepare = functools.partial(prepare_many, encoding=encoding)
+        with executor.map(prepare, batches) as prepared:
+            for results in prepared:
+                statuses.update([result.status for result in results])
+                end = 0
+                for planned, samples, last in in_flight.popleft():
+                    start, end = end, end + len(samples)
+                    segment = results[start:end]
+                    if any(r.payload is None for r in segment):  # skipped images: listed, left out of the records
+                        skipped.extend({"path": s.rel, "status": r.status, "reason": r.reason}
+                                       for r, s in zip(segment, samples, strict=True) if r.payload is None)
+                        samples = [s for r, s in zip(segment, samples, strict=True) if r.payload is not None]
+                    payloads = [r.payload for r in segment if r.payload is not None]
+                    writer.add_many(planned.label, planned.name, payloads, [s.rel for s in samples],
+                                    [s.source for s in samples])
+                    if last:
+                        advance(1)
         num_classes = len(identities) if plan.identities is None else plan.num_classes
         hashes = writer.close(num_classes)
     except BaseException:
@@ -593,6 +581,7 @@ def pack_lst(lst: Path, root: Path, out: Path, options: PackOptions,
     (or resized with ``options.resize``) as in :func:`write_pack`.
     """
     out = Path(out)
+    executor = _executor(options.workers)
     rows = read_lst(lst)
     head = list(itertools.islice(rows, 100))
     size = options.resize or _first_size([Sample(str(Path(root) / p), p, "") for _, _, p in head])
@@ -613,19 +602,21 @@ def pack_lst(lst: Path, root: Path, out: Path, options: PackOptions,
 
     remove_stale_temporaries(out, options.name)
     with RecordWriter(out / f"{options.name}.rec", out / f"{options.name}.idx") as writer:
-        for results in ordered_map(functools.partial(prepare_many, encoding=encoding), batches(), options.workers):
-            keys, row_labels, payloads = [], [], []
-            for (key, label, rel), result in zip(in_flight.popleft(), results):
-                statuses[result.status] += 1
-                if result.payload is None:
-                    skipped.append({"path": rel, "status": result.status, "reason": result.reason})
-                else:
-                    keys.append(key)
-                    row_labels.append(label)
-                    payloads.append(result.payload)
-            labels.update(row_labels)
-            writer.write_images(keys, row_labels, payloads)
-            advance(len(results))
+        prepare = functools.partial(prepare_many, encoding=encoding)
+        with executor.map(prepare, batches()) as prepared:
+            for results in prepared:
+                keys, row_labels, payloads = [], [], []
+                for (key, label, rel), result in zip(in_flight.popleft(), results, strict=True):
+                    statuses[result.status] += 1
+                    if result.payload is None:
+                        skipped.append({"path": rel, "status": result.status, "reason": result.reason})
+                    else:
+                        keys.append(key)
+                        row_labels.append(label)
+                        payloads.append(result.payload)
+                labels.update(row_labels)
+                writer.write_images(keys, row_labels, payloads)
+                advance(len(results))
     files = {
         writer.rec_path.name: {"size": writer.rec_path.stat().st_size, "sha256": writer.rec_sha256},
         writer.idx_path.name: {"size": writer.idx_path.stat().st_size, "sha256": writer.idx_sha256},

@@ -12,22 +12,25 @@ an interrupted run resumes at the first missing chunk and an identical rerun com
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from facecli.errors import UsageError
 from facecli.eval.models import EmbeddingModel
 from facecli.fileio import atomic_path, atomic_write_text
+from facecli.parallel import Executor
 
 FLIP_MODES = ("sum", "concat", "none")
 Progress = Callable[[int], None]
 
 
-def embed_with_flip(model: EmbeddingModel, images: np.ndarray, flip: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def embed_with_flip(
+    model: EmbeddingModel, images: np.ndarray, flip: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Raw embeddings of the faces and, with ``flip``, of their mirror images (both through one batched pass)."""
     images = np.asarray(images)
     if not flip:
@@ -137,9 +140,10 @@ def embed_stream(
 ) -> np.ndarray:
     """Per-item rows ``[embedding | flipped embedding]`` (float32, (n, 2D) or (n, D) without flip).
 
-    ``load(i)`` returns item ``i`` as an aligned RGB uint8 face; it runs on ``workers`` threads, and the next
-    batch is loaded while the network runs on the current one. With ``cache``, finished chunks are read back and
-    each newly computed chunk is saved as soon as its last batch is done.
+    ``load(i)`` returns item ``i`` as an aligned RGB uint8 face; it runs on ``workers`` threads
+    (:class:`facecli.parallel.Executor`), and the next batch is loaded while the network runs on the current one.
+    With ``cache``, finished chunks are read back and each newly computed chunk is saved as soon as its last batch
+    is done.
     """
     step = batch_size or model.batch_size
     width = model.embedding_size * (2 if flip else 1)
@@ -157,21 +161,17 @@ def embed_stream(
                 continue
         todo += [(index, range(b, min(rows.stop, b + step))) for b in range(rows.start, rows.stop, step)]
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=1) as prefetch:
-
-        def load_batch(items: range) -> np.ndarray:
-            return np.stack(list(pool.map(load, items)))
-
-        pending = prefetch.submit(load_batch, todo[0][1]) if todo else None
-        for k, (index, items) in enumerate(todo):
-            assert pending is not None
-            images = pending.result()
-            if k + 1 < len(todo):
-                pending = prefetch.submit(load_batch, todo[k + 1][1])
+    # Threads, not processes: ``load`` is the caller's closure (over the images, a shared detector, the notes it
+    # records) and must run in this process; decoding and alignment release the GIL. Two batches are loaded ahead,
+    # so the next batch is ready when the network finishes this one.
+    items = (i for _, batch in todo for i in batch)
+    with Executor(workers, threads=True).map(load, items, in_flight=2 * step) as faces:
+        for k, (index, batch) in enumerate(todo):
+            images = np.stack(list(itertools.islice(faces, len(batch))))
             emb, emb_flip = embed_with_flip(model, images, flip)
-            out[items.start : items.stop] = emb if emb_flip is None else np.concatenate([emb, emb_flip], axis=1)
+            out[batch.start : batch.stop] = emb if emb_flip is None else np.concatenate([emb, emb_flip], axis=1)
             if progress is not None:
-                progress(len(items))
+                progress(len(batch))
             chunk_done = k + 1 == len(todo) or todo[k + 1][0] != index
             if cache is not None and chunk_done:
                 cache.save(index, out[chunks[index].start : chunks[index].stop])

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from facecli import onnxsession
 from facecli.errors import CorruptFileError, UsageError
 from facecli.fileio import sha256_file
 from facecli.normalisation import (
@@ -157,23 +158,6 @@ def default_batch_size(device: str) -> int:
     return CPU_BATCH_SIZE if device_kind(device) == "cpu" else ACCELERATOR_BATCH_SIZE
 
 
-def _onnx_providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    wanted = {
-        "cpu": ["CPUExecutionProvider"],
-        "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-    }
-    device = device_kind(device)
-    if device not in wanted:
-        raise UsageError(f"unknown device {device!r}; choose cpu, cuda or tensorrt")
-    if wanted[device][0] not in available:
-        raise UsageError(f"onnxruntime here has no {wanted[device][0]} (available: {', '.join(available)})")
-    return [p for p in wanted[device] if p in available]
-
-
 class OnnxEmbeddingModel(EmbeddingModel):
     """An ONNX recognition model on onnxruntime; a fixed batch dimension is honoured by padding the last batch."""
 
@@ -229,8 +213,9 @@ def load_onnx(
         raise CorruptFileError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     meta = {p.key: p.value for p in proto.metadata_props}
     net_mean, net_std, color, found_from = resolve_onnx_preprocessing(proto, mean, std, bgr)
-    providers = _onnx_providers(device)
-    proto, session = _cpu_friendly_session(path, proto, providers)
+    providers = onnxsession.device_providers(device)
+    opened = onnxsession.open_session(proto, providers=providers, name=path)
+    proto, session = opened.model, opened.session
     inputs, outputs = session.get_inputs(), session.get_outputs()
     shape = inputs[0].shape
     if len(inputs) != 1 or len(shape) != 4 or shape[1] != 3:
@@ -269,45 +254,6 @@ def load_onnx(
     )
 
 
-def _session(path: Path, model_bytes: bytes, providers: list[str]) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model_bytes, options, providers=providers)
-    except Exception as exc:
-        raise CorruptFileError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
-
-
-def _cpu_friendly_session(path: Path, proto: Any, providers: list[str]) -> tuple[Any, Any]:
-    """The graph to run and its session: on the CPU provider, rewritten for onnxruntime's blocked layout.
-
-    ``facecli.onnxgraph`` splits MobileFaceNet's 2-channel groups and rewrites ``PRelu``: the same computation
-    (bit for bit for the PRelu rewrite alone; about 1e-7 relative where the groups are split or, on iresnet,
-    where onnxruntime then folds a BatchNorm differently), up to about 2x faster. Other providers have a fast
-    PRelu of their own and get the graph as it is; so does a graph whose shapes onnx cannot infer or that
-    onnxruntime will not load once rewritten."""
-    import onnx
-
-    from facecli.onnxgraph import rewrite_prelu, split_pair_groups
-
-    if providers == ["CPUExecutionProvider"]:
-        try:
-            rewritten = onnx.shape_inference.infer_shapes(proto)
-            if split_pair_groups(rewritten.graph):  # rewrite_prelu needs the new tensors' shapes
-                rewritten = onnx.shape_inference.infer_shapes(rewritten)
-        except Exception:  # noqa: BLE001 - no shapes, no rewrite
-            rewritten = None
-        if rewritten is not None and rewrite_prelu(rewritten.graph):
-            try:
-                return rewritten, _session(path, rewritten.SerializeToString(), providers)
-            except CorruptFileError:
-                pass
-    return proto, _session(path, proto.SerializeToString(), providers)
-
-
 def _dynamic_batch_session(path: Path, proto: Any, fixed: int, session: Any, providers: list[str]) -> Any | None:
     """A session of the same graph with a free batch dimension, or None when the graph does not allow it.
 
@@ -342,7 +288,7 @@ def _dynamic_batch_session(path: Path, proto: Any, fixed: int, session: Any, pro
             dims[0].dim_param = "batch"
     del graph.value_info[:]
     try:
-        dynamic = _session(path, variant.SerializeToString(), providers)
+        dynamic = onnxsession.open_session(variant, providers=providers, rewrites=False, name=path).session
         size = int(session.get_inputs()[0].shape[2])
         probe = np.random.default_rng(0).standard_normal((fixed * 3, 3, size, size)).astype(np.float32)
         name = session.get_inputs()[0].name

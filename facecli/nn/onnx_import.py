@@ -119,9 +119,9 @@ def _as_facecli_backbone(proto: Any, spec: dict[str, Any], state: dict[str, torc
 
 def compare_with_onnxruntime(backbone: ImportedBackbone, path: Path, batch: int = 3) -> float:
     """Largest |onnxruntime - imported| on a fixed random batch, fed to each in its own input convention."""
-    import onnxruntime
+    from facecli.onnxsession import open_session
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = open_session(path, rewrites=False).session  # the file as it is
     name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]
     x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (batch, 3, INPUT_SIZE, INPUT_SIZE))

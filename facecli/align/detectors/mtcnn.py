@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from facecli import onnxsession
 from facecli.align.detectors.base import DETECTORS, Face
 from facecli.align.detectors.device import Runtime, pick_runtime
 from facecli.errors import UsageError
-from facecli.onnxgraph import fill_channel_blocks, rewrite_prelu
 
 _STRIDE = 2
 _CELL = 12
@@ -52,19 +53,17 @@ def _weights_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _prepare_graph(path: Path, pixel_type: str, for_onnxruntime_cpu: bool = True) -> bytes:
+def _prepare_graph(path: Path, pixel_type: str) -> Any:
     """Load one net and move the per-image work into it, so onnxruntime does it in C++ on the whole batch.
 
     * The input becomes plain pixels in transposed image layout (N, W, H, 3), ``uint8`` or ``float32``
       (``pixel_type``); the graph casts, normalises with ``(x - 127.5) * 0.0078125`` (exact in float32, as in the
       reference) and moves channels first, to the (N, C, W, H) layout the first convolution expects.
     * Odd-kernel ``SAME_UPPER`` max-pools become ``SAME_LOWER`` (see the module docstring).
-    * For onnxruntime's CPU provider (``for_onnxruntime_cpu``) only, as they serve its blocked layout:
-    * The first layers of the P- and R-net (10 and 28 channels) get zero channels up to their pooling, so that
-      onnxruntime keeps them in its blocked layout (:func:`facecli.onnxgraph.fill_channel_blocks`, bit-identical).
-    * Every ``PRelu`` is rewritten with operators that onnxruntime runs faster and that give the same values bit
-      for bit (:func:`facecli.onnxgraph.rewrite_prelu`): about twice as fast, as these activations are most of
-      the work of these small networks.
+
+    On onnxruntime's CPU provider the session then applies :mod:`facecli.onnxsession`'s rewrites: the P- and
+    R-net's first layers (10 and 28 channels) filled to whole channel blocks and every ``PRelu`` rewritten, both
+    bit-identical; about twice as fast, as these activations are most of the work of these small networks.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -103,12 +102,7 @@ def _prepare_graph(path: Path, pixel_type: str, for_onnxruntime_cpu: bool = True
         graph.node.insert(k, node)
     del graph.input[:]
     graph.input.append(helper.make_tensor_value_info("pixels", elem, ["N", "W", "H", 3]))
-    if not for_onnxruntime_cpu:
-        return model.SerializeToString()
-    fill_channel_blocks(graph)
-    model = onnx.shape_inference.infer_shapes(model)  # rewrite_prelu needs to know which tensors are 4-D
-    rewrite_prelu(model.graph)
-    return model.SerializeToString()
+    return model
 
 
 class TorchSession:
@@ -122,7 +116,7 @@ class TorchSession:
         from facecli.onnxtorch import load_onnx_module
 
         self.device = torch.device(device)
-        self.module = load_onnx_module(_prepare_graph(path, "float32", for_onnxruntime_cpu=False), path.name)
+        self.module = load_onnx_module(_prepare_graph(path, "float32").SerializeToString(), path.name)
         self.module.to(self.device)
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -143,28 +137,15 @@ class TorchSession:
             cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
-def _session(path: Path, threads: int, pixel_type: str, runtime: Runtime | None = None):
-    import onnxruntime as ort
-
+def _session(path: Path, threads: int, pixel_type: str, runtime: Runtime | None = None) -> Any:
+    """One net on ``runtime``: onnxruntime (:func:`facecli.onnxsession.open_session`, ``threads`` per session,
+    rewritten on the CPU) or PyTorch (:class:`TorchSession`)."""
     runtime = runtime or Runtime("onnxruntime", "cpu")
     if runtime.name == "torch":
         return TorchSession(path, runtime.device)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not burn cores
-    if runtime.device == "cpu":
-        return ort.InferenceSession(
-            _prepare_graph(path, pixel_type), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-    index = runtime.device.partition(":")[2] or "0"
-    return ort.InferenceSession(
-        _prepare_graph(path, pixel_type, for_onnxruntime_cpu=False), sess_options=opts,
-        providers=[("CUDAExecutionProvider", {"device_id": int(index)})],
-    )
+    providers = onnxsession.device_providers(runtime.device)
+    return onnxsession.open_session(_prepare_graph(path, pixel_type), providers=providers, threads=threads,
+                                    name=path).session
 
 
 def pyramid_scales(height: int, width: int, min_face: float, factor: float) -> list[float]:
@@ -412,8 +393,8 @@ class MTCNN:
             for y0, y1, keep_y in tile_spans(level.shape[1]):
                 reg, prob = self._pnet.run(["conv2d_4", "softmax"], {"pixels": level[None, x0:x1, y0:y1]})
                 row.append((reg[0, :keep_x, :keep_y], prob[0, :keep_x, :keep_y, 1]))
-            rows.append(tuple(np.concatenate(maps, axis=1) for maps in zip(*row)))
-        reg, prob = (np.concatenate(maps, axis=0) for maps in zip(*rows))
+            rows.append(tuple(np.concatenate(maps, axis=1) for maps in zip(*row, strict=True)))
+        reg, prob = (np.concatenate(maps, axis=0) for maps in zip(*rows, strict=True))
         return reg, prob
 
     def _cells_to_boxes(self, prob_wh: np.ndarray, reg_wh: np.ndarray, scale: float) -> np.ndarray:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facecli import onnxsession
 from facecli.align.detectors.base import DETECTORS, Face
 from facecli.align.detectors.device import pick_runtime
 from facecli.errors import UsageError
@@ -32,8 +33,6 @@ class SCRFD:
             raise UsageError(f"detector model not found: {path}")
         if path.suffix.lower() != ".onnx":  # insightface treats other names as model-package folders
             raise UsageError(f"detector model must be an .onnx file: {path}")
-        import onnxruntime as ort
-
         try:
             from insightface import model_zoo
         except ImportError:
@@ -46,13 +45,11 @@ class SCRFD:
         except UsageError:
             raise UsageError(f"--device {device}: SCRFD runs in onnxruntime, and its CUDA provider is not available "
                              "(pip install onnxruntime-gpu); use --device cpu or auto") from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
         gpu = -1 if runtime.device == "cpu" else int(runtime.device.partition(":")[2])
-        providers: list = ["CPUExecutionProvider"] if gpu < 0 else [("CUDAExecutionProvider", {"device_id": gpu})]
+        # insightface makes the session itself: facecli's options and providers, not its graph rewrites
+        providers, options = onnxsession.device_providers(runtime.device), onnxsession.session_options(threads)
         try:
-            model = model_zoo.get_model(str(path), providers=providers, sess_options=opts)
+            model = model_zoo.get_model(str(path), providers=providers, sess_options=options)
         except Exception as exc:  # onnxruntime/onnx parse errors name the internal cause only
             raise UsageError(f"cannot load detector model {path}: {exc}") from None
         if model is None or not hasattr(model, "detect") or getattr(model, "taskname", "detection") != "detection":
