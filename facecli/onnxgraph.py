@@ -22,7 +22,7 @@ rounding: embeddings then differ from the original graph's by about 1e-6 relativ
 
 :func:`split_pair_groups` takes the one layer of insightface's MobileFaceNet that onnxruntime cannot block, a
 convolution in groups of two channels, and writes it as depthwise convolutions on the even and odd channels: the
-same sums added in another order (about 1e-7 relative), about 1.2x faster on the whole network.
+same sums added in another order (about 1e-7 relative), and the whole network runs faster (benchmarks/README.md).
 
 :func:`fill_channel_blocks` widens a first layer whose channel count does not fill the blocked layout (MTCNN's 10-
 and 28-channel layers) with zero channels up to its pooling and cuts them off after it: bit-identical, and the
@@ -174,7 +174,7 @@ def fill_channel_blocks(graph: Any, block: int = 16) -> int:
     * a ``Slice`` after the pool, at a quarter of the resolution, hands the original channels to the next layer,
       which runs exactly as before.
 
-    The result is bit-identical; MTCNN's P-net runs about 1.05x and its R-net 1.1x faster. A run is left alone
+    The result is bit-identical, and MTCNN's P- and R-nets run faster. A run is left alone
     unless each step is the only reader of the one before and the weights, bias and slopes are constants used
     nowhere else.
     """
@@ -261,7 +261,7 @@ def split_pair_groups(graph: Any) -> int:
     ``even = dw(E, w[0::2, 0]) + dw(O, w[0::2, 1])`` and ``odd = dw(E, w[1::2, 0]) + dw(O, w[1::2, 1])``: four
     depthwise convolutions whose sums onnxruntime fuses into them. The halves are concatenated as
     ``[even | odd]`` and the next convolution takes its input channels in that order. All of it stays in the
-    blocked layout (about 1.2x faster on real faces). The sums are the same products added in another order, so
+    blocked layout, which is faster (benchmarks/README.md). The sums are the same products added in another order, so
     results differ from the original graph by about 1e-7 relative (float rounding), not bit for bit.
 
     Only runs whose intermediate tensors each feed just the next node qualify; the slopes and weights must be

@@ -13,7 +13,7 @@ this module, so that a session means the same thing everywhere:
   :mod:`facecli.onnxgraph`: narrow first layers widened to whole channel blocks (MTCNN, bit-identical),
   MobileFaceNet's 2-channel groups split by parity (about 1e-7 relative), and every ``PRelu`` written with
   operators that stay in onnxruntime's blocked layout (bit for bit alone; about 1e-6 relative on iresnet, where
-  onnxruntime then folds a BatchNorm differently). Up to about 2x faster. Other providers have a fast PRelu of
+  onnxruntime then folds a BatchNorm differently); benchmarks/README.md measures the gain. Other providers have a fast PRelu of
   their own and get the graph as it is; so does a graph whose shapes onnx cannot infer or that onnxruntime will
   not load once rewritten.
 
