@@ -155,38 +155,14 @@ def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 def merge_manifests(out: str | Path) -> dict[str, Any]:
     """Join ``manifest.shard-I-of-N.csv`` in ``out`` into ``manifest.csv``; every shard must be there, once.
     ``out`` may be an fsspec URL: the shard manifests are downloaded, merged here and the result uploaded."""
-    from facecli.align.remote import RemoteFolder, is_url
+    from facecli.align.remote import is_url
 
     if is_url(out):
-        import tempfile
-
-        folder = RemoteFolder(str(out))
-        with tempfile.TemporaryDirectory() as local:
-            for name in folder.names():
-                if _SHARD_RE.match(name):
-                    folder.download(name, Path(local) / name)
-            try:
-                summary = merge_manifests(local)
-            except UsageError as exc:
-                raise UsageError(str(exc).replace(local, folder.url)) from None
-            folder.upload(Path(local) / MANIFEST_NAME, MANIFEST_NAME)
-        return {**summary, "out": folder.url, "manifest": folder.url_of(MANIFEST_NAME)}
+        return _merge_remote(str(out))
     out = Path(out)
     if not out.is_dir():
         raise UsageError(f"output folder not found: {out}")
-    shards: dict[int, set[int]] = {}
-    for path in out.iterdir():
-        match = _SHARD_RE.match(path.name)
-        if match:
-            shards.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
-    if not shards:
-        raise UsageError(f"no shard manifests (manifest.shard-I-of-N.csv) in {out}")
-    if len(shards) > 1:
-        raise UsageError(f"shard manifests of different splits in {out}: N = {sorted(shards)}")
-    (num_shards, present), = shards.items()
-    missing = sorted(set(range(num_shards)) - present)
-    if missing:
-        raise UsageError(f"missing shard manifests for shards {missing} of {num_shards} in {out}")
+    num_shards = _shard_count(out)
     rows: list[dict[str, Any]] = []
     owner: dict[str, int] = {}
     for shard in range(num_shards):
@@ -204,3 +180,40 @@ def merge_manifests(out: str | Path) -> dict[str, Any]:
         "rows": len(rows),
         "counts": status_counts(rows),
     }
+
+
+def _shard_count(out: Path) -> int:
+    """N of the ``manifest.shard-I-of-N.csv`` in ``out``, once every shard 0 … N-1 of one split is there."""
+    shards: dict[int, set[int]] = {}
+    for path in out.iterdir():
+        match = _SHARD_RE.match(path.name)
+        if match:
+            shards.setdefault(int(match.group(2)), set()).add(int(match.group(1)))
+    if not shards:
+        raise UsageError(f"no shard manifests (manifest.shard-I-of-N.csv) in {out}")
+    if len(shards) > 1:
+        raise UsageError(f"shard manifests of different splits in {out}: N = {sorted(shards)}")
+    (num_shards, present), = shards.items()
+    missing = sorted(set(range(num_shards)) - present)
+    if missing:
+        raise UsageError(f"missing shard manifests for shards {missing} of {num_shards} in {out}")
+    return num_shards
+
+
+def _merge_remote(url: str) -> dict[str, Any]:
+    """:func:`merge_manifests` of a remote folder, through a local copy of its shard manifests (errors name the URL)."""
+    import tempfile
+
+    from facecli.align.remote import RemoteFolder
+
+    folder = RemoteFolder(url)
+    with tempfile.TemporaryDirectory() as local:
+        for name in folder.names():
+            if _SHARD_RE.match(name):
+                folder.download(name, Path(local) / name)
+        try:
+            summary = merge_manifests(local)
+        except UsageError as exc:
+            raise UsageError(str(exc).replace(local, folder.url)) from None
+        folder.upload(Path(local) / MANIFEST_NAME, MANIFEST_NAME)
+    return {**summary, "out": folder.url, "manifest": folder.url_of(MANIFEST_NAME)}

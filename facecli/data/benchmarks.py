@@ -18,8 +18,9 @@ import io
 import os
 import pickle
 import pickletools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -124,14 +125,7 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     pickle that tries to call anything, which is refused before it runs).
     """
     path = Path(path)
-    if path.exists() and not path.is_file():  # a FIFO would block the read forever, /dev/zero never end
-        raise UsageError(f"{path} is not a regular file")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"benchmark file not found: {path}") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = _read_file(path)
     try:
         obj = safe_unpickle(data)
     except pickle.UnpicklingError as exc:
@@ -141,14 +135,44 @@ def load_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     return _validate(path, obj)
 
 
+def _read_file(path: Path) -> bytes:
+    """The bytes of ``path``, a regular file (a FIFO would block the read forever, /dev/zero never end); any size:
+    the unpickler bounds memory by the file's size. UsageError when it is missing, not a regular file or unreadable."""
+    from facecli.data.payloads import NotReadable, read_regular_file  # here: it loads the image codecs
+
+    not_regular = UsageError(f"{path} is not a regular file")
+    try:
+        return read_regular_file(path, max_bytes=None)
+    except NotReadable:
+        raise not_regular from None
+    except FileNotFoundError:
+        raise UsageError(f"benchmark file not found: {path}") from None
+    except OSError as exc:
+        if path.exists() and not path.is_file():  # a folder or a socket: not even opened
+            raise not_regular from None
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
+    """The images and ``issame`` flags of an unpickled ``.bin``: a pair (images, issame) with 2 images per pair."""
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise CorruptFileError(f"{path}: expected a pair (images, issame), found {type(obj).__name__}")
     images, issame = obj
+    bins = _image_bytes(path, images)
+    flags = _issame_flags(path, issame)
+    if len(bins) != 2 * len(flags):
+        raise CorruptFileError(
+            f"{path}: {len(bins)} images but {len(flags)} pairs; a .bin needs exactly 2 images per pair"
+        )
+    return bins, flags
+
+
+def _image_bytes(path: Path, images: Any) -> list[bytes]:
+    """The encoded images as bytes; a bytearray the pickle memo repeats is copied once, however often it appears."""
     if not isinstance(images, (list, tuple)):
         raise CorruptFileError(f"{path}: the image list is a {type(images).__name__}, not a list")
     bins: list[bytes] = []
-    copies: dict[int, bytes] = {}  # one bytes copy per bytearray object, however often the memo repeats it
+    copies: dict[int, bytes] = {}  # id of a bytearray → its one bytes copy
     for i, item in enumerate(images):
         if isinstance(item, bytes):
             bins.append(item)
@@ -159,23 +183,22 @@ def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
             bins.append(copy)
         else:
             raise CorruptFileError(f"{path}: image {i} is a {type(item).__name__}, not encoded image bytes")
+    return bins
+
+
+def _issame_flags(path: Path, issame: Any) -> np.ndarray:
+    """``issame`` as a 1-D bool array: a bool ndarray (copied) or a list of booleans (True/False or 0/1)."""
     if isinstance(issame, np.ndarray):
         if issame.dtype != np.bool_ or issame.ndim != 1:
             raise CorruptFileError(f"{path}: issame must be a 1-D bool array, found {issame.dtype} {issame.shape}")
-        flags = issame.copy()
-    elif isinstance(issame, (list, tuple)):
-        wrong = next((i for i, v in enumerate(issame) if not (isinstance(v, (bool, int)) and v in (0, 1))), None)
-        if wrong is not None:
-            raise CorruptFileError(f"{path}: issame must hold only booleans (True/False or 0/1); pair {wrong} holds "
-                                   f"{type(issame[wrong]).__name__} {issame[wrong]!r}")
-        flags = np.array([bool(v) for v in issame], dtype=bool)
-    else:
+        return issame.copy()
+    if not isinstance(issame, (list, tuple)):
         raise CorruptFileError(f"{path}: issame is a {type(issame).__name__}, not a list of booleans")
-    if len(bins) != 2 * len(flags):
-        raise CorruptFileError(
-            f"{path}: {len(bins)} images but {len(flags)} pairs; a .bin needs exactly 2 images per pair"
-        )
-    return bins, flags
+    wrong = next((i for i, v in enumerate(issame) if not (isinstance(v, (bool, int)) and v in (0, 1))), None)
+    if wrong is not None:
+        raise CorruptFileError(f"{path}: issame must hold only booleans (True/False or 0/1); pair {wrong} holds "
+                               f"{type(issame[wrong]).__name__} {issame[wrong]!r}")
+    return np.array([bool(v) for v in issame], dtype=bool)
 
 
 def save_bin(path: str | os.PathLike, images: list[bytes], issame: list[bool] | np.ndarray) -> None:

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from facecli.data.layouts import FolderLayout
 from facecli.data.payloads import probe
 from facecli.data.recordio import (
     MAGIC_BYTES,
+    IRHeader,
     RecordReader,
     first_label,
     read_framed,
@@ -62,7 +63,7 @@ def _histogram(counts: list[int]) -> dict:
     arr = np.asarray(counts)
     edges = [1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000]
     bins = {}
-    for lo, hi in zip(edges, edges[1:] + [None]):
+    for lo, hi in zip(edges, edges[1:] + [None], strict=True):
         n = int(((arr >= lo) & (arr < hi)).sum()) if hi else int((arr >= lo).sum())
         if n:
             bins[f"{lo}-{hi - 1}" if hi and hi - 1 != lo else (f"{lo}" if hi else f"{lo}+")] = n
@@ -96,6 +97,7 @@ def _spread(n: int, k: int) -> list[int]:
 
 def inspect_rec(path: Path, check: bool = False, samples: int = 0,
                 advance: Callable[[int], None] = lambda n: None) -> tuple[dict, list[Sampled]]:
+    """Summary of a record file (layout, identities, labels, image sizes), with ``check`` every record read."""
     rec = find_record_file(path)
     reader = RecordReader(rec)
     info: dict = {"kind": "rec", "path": str(rec), "file_size": reader.size}
@@ -104,47 +106,73 @@ def inspect_rec(path: Path, check: bool = False, samples: int = 0,
         info["layout"] = "unknown (no .idx)"
         return info, []
     info["records"] = len(reader)
-    header0 = None
-    if 0 in reader:
-        try:
-            header0, _ = unpack(reader.read(0))
-        except (CorruptFileError, ValueError) as exc:
-            info["header_error"] = str(exc)
+    header0, header_error = _header_record(reader)
+    info.update(header_error)
     try:
         image_keys, labels = read_ms1m_layout(reader)
     except CorruptFileError as exc:
         info["damaged"] = str(exc)
         image_keys, labels = _readable_labels(reader, header0)
-    if header0 is not None and header0.flag > 0:
-        bounds = np.atleast_1d(header0.label)
-        lo, hi = int(bounds[0]), int(bounds[1]) if header0.flag > 1 else -1
-        info["layout"] = "insightface MS1M (header record 0)"
-        info["header"] = {"first_identity_key": lo, "end_identity_key": hi, "id2": header0.id2}
-        info["identity_records"] = max(hi - lo, 0)
-    else:
-        info["layout"] = "flat (im2rec style)"
+    info.update(_layout(header0))
     info["images"] = len(image_keys)
     per_label = Counter(labels.tolist())
     info["identities"] = len(per_label)
     info["label_range"] = [int(labels.min()), int(labels.max())] if len(labels) else None
     info["images_per_identity"] = _histogram(list(per_label.values()))
-    if sidecar_path(rec, "property").is_file():
-        try:
-            num_classes, h, w = read_property(sidecar_path(rec, "property"))
-            info["property"] = {"num_classes": num_classes, "height": h, "width": w}
-        except CorruptFileError as exc:
-            info["property_error"] = str(exc)
-    picks = _spread(len(image_keys), SIZE_SAMPLE)
-    payloads = []
-    for i in picks:
-        try:
-            payloads.append(unpack(reader.read(image_keys[i]))[1])
-        except (CorruptFileError, ValueError):
-            pass
+    info.update(_property(rec))
+    payloads = _payloads(reader, [image_keys[i] for i in _spread(len(image_keys), SIZE_SAMPLE)])
     info["image_sizes"] = _sizes(payloads)
     info["image_sizes_from"] = len(payloads)
     if check:
         info["check"] = check_rec(reader, image_keys, advance)
+    return info, _rec_samples(reader, image_keys, samples)
+
+
+def _header_record(reader: RecordReader) -> tuple[IRHeader | None, dict]:
+    """The header of record 0 (None when the file has none or it is damaged) and ``header_error`` when damaged."""
+    if 0 not in reader:
+        return None, {}
+    try:
+        return unpack(reader.read(0))[0], {}
+    except (CorruptFileError, ValueError) as exc:
+        return None, {"header_error": str(exc)}
+
+
+def _layout(header0: IRHeader | None) -> dict:
+    """``layout``, and for insightface's MS1M layout the identity range record 0 announces."""
+    if header0 is None or header0.flag <= 0:
+        return {"layout": "flat (im2rec style)"}
+    bounds = np.atleast_1d(header0.label)
+    lo, hi = int(bounds[0]), int(bounds[1]) if header0.flag > 1 else -1
+    return {"layout": "insightface MS1M (header record 0)",
+            "header": {"first_identity_key": lo, "end_identity_key": hi, "id2": header0.id2},
+            "identity_records": max(hi - lo, 0)}
+
+
+def _property(rec: Path) -> dict:
+    """The ``property`` file beside the record file, when there is one (or why it does not read)."""
+    if not sidecar_path(rec, "property").is_file():
+        return {}
+    try:
+        num_classes, h, w = read_property(sidecar_path(rec, "property"))
+    except CorruptFileError as exc:
+        return {"property_error": str(exc)}
+    return {"property": {"num_classes": num_classes, "height": h, "width": w}}
+
+
+def _payloads(reader: RecordReader, keys: list[int]) -> list[bytes]:
+    """The image bytes of the records ``keys`` that read (damaged ones are left out)."""
+    payloads = []
+    for key in keys:
+        try:
+            payloads.append(unpack(reader.read(key))[1])
+        except (CorruptFileError, ValueError):
+            pass
+    return payloads
+
+
+def _rec_samples(reader: RecordReader, image_keys: list[int], samples: int) -> list[Sampled]:
+    """``samples`` images spread over the file, captioned ``key: label`` (damaged records are skipped)."""
     sampled = []
     for i in _spread(len(image_keys), samples) if samples else []:
         try:
@@ -152,14 +180,14 @@ def inspect_rec(path: Path, check: bool = False, samples: int = 0,
             sampled.append(Sampled(payload, f"{image_keys[i]}: {int(first_label(header.label))}"))
         except (CorruptFileError, ValueError):
             continue
-    return info, sampled
+    return sampled
 
 
-def _readable_labels(reader: RecordReader, header0) -> tuple[list[int], np.ndarray]:
+def _readable_labels(reader: RecordReader, header0: IRHeader | None) -> tuple[list[int], np.ndarray]:
     """Image keys and labels of a damaged file: the records that still read (the others are left out)."""
     keys = reader.keys
     if header0 is not None and header0.flag > 0:
-        keys = list(range(1, int(header0.label[0])))
+        keys = list(range(1, int(np.atleast_1d(header0.label)[0])))
     good, labels = [], []
     for key in keys:
         try:
@@ -292,7 +320,8 @@ def inspect_folder(path: Path, check: bool = False, samples: int = 0,
     info["image_sizes"] = _sizes(payloads)
     if check:
         info["check"] = {"images_checked": len(files), "bad": bad, "ok": not bad}
-    sampled = [Sampled(Path(files[i][1]).read_bytes(), files[i][0]) for i in _spread(len(files), samples)] if samples else []
+    picked = _spread(len(files), samples) if samples else []
+    sampled = [Sampled(Path(files[i][1]).read_bytes(), files[i][0]) for i in picked]
     return info, sampled
 
 

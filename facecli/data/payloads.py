@@ -121,7 +121,7 @@ def prepare_many(paths: Sequence[str | Path], encoding: Encoding) -> list[Prepar
     for path in paths:
         try:
             data = read_regular_file(path)
-        except _NotReadable as exc:
+        except NotReadable as exc:
             results.append(Prepared(None, exc.status, exc.reason))
             continue
         except OSError as exc:
@@ -141,14 +141,16 @@ def prepare_many(paths: Sequence[str | Path], encoding: Encoding) -> list[Prepar
 MAX_FILE_BYTES = 256 << 20
 
 
-class _NotReadable(Exception):
+class NotReadable(Exception):
+    """A path that is no regular file, or too large: ``status`` is the skip status, ``reason`` says why."""
+
     def __init__(self, status: str, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
 
 
-def read_regular_file(path: str | Path) -> bytes:
-    """The bytes of a regular file (links followed) of at most :data:`MAX_FILE_BYTES`.
+def read_regular_file(path: str | Path, max_bytes: int | None = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file (links followed) of at most ``max_bytes`` (None: any size).
 
     A FIFO named ``p.jpg`` would block ``open()`` forever and a link to ``/dev/zero`` would be read until memory
     runs out, so the file is opened without blocking and checked with ``fstat`` before anything is read (no extra
@@ -158,9 +160,9 @@ def read_regular_file(path: str | Path) -> bytes:
     with open(fd, "rb") as fh:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise _NotReadable("not_a_file", "not a regular file (a FIFO, device, socket or folder)")
-        if info.st_size > MAX_FILE_BYTES:
-            raise _NotReadable("too_large", f"{info.st_size} bytes, more than the {MAX_FILE_BYTES >> 20} MiB read")
+            raise NotReadable("not_a_file", "not a regular file (a FIFO, device, socket or folder)")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise NotReadable("too_large", f"{info.st_size} bytes, more than the {max_bytes >> 20} MiB read")
         return fh.read()
 
 

@@ -13,6 +13,7 @@ is left to the generic importer (``facecli.nn.onnx_import``).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,78 +59,133 @@ def _execution_order(model: nn.Module) -> list[tuple[nn.Module, Any, Any]]:
     return calls
 
 
-def map_weights(model: nn.Module, nodes: list[dict], values: dict[str, np.ndarray]) -> dict[str, torch.Tensor] | None:
-    """The state dict that makes ``model`` compute the graph, or None when the two do not match layer for layer."""
-    calls = _execution_order(model)
-    BatchNorm = nn.modules.batchnorm._BatchNorm
-    convs = [m for m, _, _ in calls if isinstance(m, nn.Conv2d)]
-    bn_after: dict[int, nn.modules.batchnorm._BatchNorm] = {}  # convolution → the BatchNorm the exporter folded into it
-    folded: set[int] = set()
-    for (prev, _, prev_out), (cur, cur_in, _) in zip(calls, calls[1:], strict=False):
-        if isinstance(prev, nn.Conv2d) and isinstance(cur, BatchNorm) and cur_in is prev_out:
-            bn_after[id(prev)] = cur
-            folded.add(id(cur))
-    plain_bns = [m for m, _, _ in calls if isinstance(m, BatchNorm) and id(m) not in folded]
-    prelus = [m for m, _, _ in calls if isinstance(m, nn.PReLU)]
-    linears = [m for m, _, _ in calls if isinstance(m, nn.Linear)]
-    by_op: dict[str, list[dict]] = {}
-    for node in nodes:
-        by_op.setdefault("Linear" if node["op"] in ("Gemm", "MatMul") else node["op"], []).append(node)
-    if [len(by_op.get(k, [])) for k in ("Conv", "BatchNormalization", "PRelu", "Linear")] != [
-            len(convs), len(plain_bns), len(prelus), len(linears)]:
-        return None
-    names = {id(m): n for n, m in model.named_modules()}
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+#: The graph's node kinds that carry weights, in the order :meth:`_Layers.counts` lists the model's layers.
+_WEIGHT_KINDS = ("Conv", "BatchNormalization", "PRelu", "Linear")
 
-    def put(module: nn.Module, key: str, array: np.ndarray) -> bool:
-        target = state[f"{names[id(module)]}.{key}"]
+
+@dataclass
+class _Layers:
+    """A model's parameterised layers by kind, each list in running order: the order the graph lists their nodes."""
+
+    convs: list[nn.Conv2d]
+    folded: dict[int, _BatchNorm]  # id of a convolution → the BatchNorm the exporter folded into it
+    batchnorms: list[_BatchNorm]  # the others, which stay BatchNormalization nodes
+    prelus: list[nn.PReLU]
+    linears: list[nn.Linear]
+
+    def counts(self) -> list[int]:
+        return [len(self.convs), len(self.batchnorms), len(self.prelus), len(self.linears)]
+
+
+def _layers(model: nn.Module) -> _Layers:
+    """The layers of ``model``; a BatchNorm is folded when it reads exactly the output of the convolution before it."""
+    calls = _execution_order(model)
+    folded = {id(prev): cur for (prev, _, prev_out), (cur, cur_in, _) in zip(calls, calls[1:], strict=False)
+              if isinstance(prev, nn.Conv2d) and isinstance(cur, _BatchNorm) and cur_in is prev_out}
+    folded_ids = {id(bn) for bn in folded.values()}
+    return _Layers(convs=[m for m, _, _ in calls if isinstance(m, nn.Conv2d)], folded=folded,
+                   batchnorms=[m for m, _, _ in calls if isinstance(m, _BatchNorm) and id(m) not in folded_ids],
+                   prelus=[m for m, _, _ in calls if isinstance(m, nn.PReLU)],
+                   linears=[m for m, _, _ in calls if isinstance(m, nn.Linear)])
+
+
+def _nodes_by_kind(nodes: list[dict]) -> dict[str, list[dict]]:
+    """The graph's nodes by operator, in graph order; Gemm and MatMul both as ``Linear``."""
+    by_kind: dict[str, list[dict]] = {kind: [] for kind in _WEIGHT_KINDS}
+    for node in nodes:
+        by_kind.setdefault("Linear" if node["op"] in ("Gemm", "MatMul") else node["op"], []).append(node)
+    return by_kind
+
+
+def _optional_input(node: dict, index: int, values: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The constant at optional input ``index`` of ``node`` (a bias); None when the input is absent or unnamed."""
+    return values.get(node["inputs"][index]) if len(node["inputs"]) > index and node["inputs"][index] else None
+
+
+class _State:
+    """A copy of a model's state dict, filled parameter by parameter from the graph's arrays."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.tensors = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def put(self, module: nn.Module, key: str, array: np.ndarray) -> bool:
+        """Set ``module``'s ``key`` to ``array`` (reshaped, in the parameter's dtype); False when the sizes differ."""
+        name = f"{self.names[id(module)]}.{key}"
+        target = self.tensors[name]
         if array.size != target.numel():
             return False
-        state[f"{names[id(module)]}.{key}"] = torch.from_numpy(np.ascontiguousarray(array, np.float32)).reshape(
+        self.tensors[name] = torch.from_numpy(np.ascontiguousarray(array, np.float32)).reshape(
             target.shape).to(target.dtype)
         return True
 
-    ok = True
-    for conv, node in zip(convs, by_op.get("Conv", []), strict=True):
-        weight = values.get(node["inputs"][1])
-        bias = values.get(node["inputs"][2]) if len(node["inputs"]) > 2 and node["inputs"][2] else None
-        if weight is None or tuple(weight.shape) != tuple(conv.weight.shape) or node["attrs"].get("group", 1) != \
-                conv.groups:
-            return None
-        ok &= put(conv, "weight", weight)
-        bn = bn_after.get(id(conv))
-        if bn is None:
-            if bias is not None:
-                return None
-            continue
-        channels = int(bn.num_features)
-        ok &= put(bn, "weight", np.ones(channels, np.float32)) and put(bn, "running_mean", np.zeros(channels))
-        ok &= put(bn, "running_var", np.full(channels, 1.0 - float(bn.eps), np.float32))
-        ok &= put(bn, "bias", bias if bias is not None else np.zeros(channels, np.float32))
-    for bn, node in zip(plain_bns, by_op.get("BatchNormalization", []), strict=True):
-        arrays = [values[name] for name in node["inputs"][1:5] if name in values]
-        if len(arrays) != 4 or abs(node["attrs"].get("epsilon", 1e-5) - bn.eps) > 1e-7:
-            return None
-        for key, array in zip(("weight", "bias", "running_mean", "running_var"), arrays, strict=True):
-            ok &= put(bn, key, array)
-    for prelu, node in zip(prelus, by_op.get("PRelu", []), strict=True):
-        slope = values.get(node["inputs"][1])
-        if slope is None:
-            return None
-        ok &= put(prelu, "weight", slope)
-    for linear, node in zip(linears, by_op.get("Linear", []), strict=True):
-        weight = values.get(node["inputs"][1])
-        if weight is None:
-            return None
-        if node["op"] == "MatMul" or not node["attrs"].get("transB", 0):
-            weight = weight.T
-        ok &= tuple(weight.shape) == tuple(linear.weight.shape) and put(linear, "weight", weight)
-        bias = values.get(node["inputs"][2]) if len(node["inputs"]) > 2 and node["inputs"][2] else None
-        if (bias is None) != (linear.bias is None):
-            return None
-        if bias is not None:
-            ok &= put(linear, "bias", bias)
-    return state if ok else None
+
+def _put_conv(state: _State, conv: nn.Conv2d, node: dict, values: dict[str, np.ndarray],
+              folded: _BatchNorm | None) -> bool:
+    """A Conv node into ``conv``. The BatchNorm the exporter folded into it (``folded``) gets identity statistics
+    and the node's bias (zero when it has none) as its shift; a convolution with no BatchNorm after it has no bias."""
+    weight = values.get(node["inputs"][1])
+    bias = _optional_input(node, 2, values)
+    if weight is None or tuple(weight.shape) != tuple(conv.weight.shape):
+        return False
+    if node["attrs"].get("group", 1) != conv.groups:
+        return False
+    if folded is None:
+        return bias is None and state.put(conv, "weight", weight)
+    channels = int(folded.num_features)
+    return (state.put(conv, "weight", weight) and state.put(folded, "weight", np.ones(channels, np.float32))
+            and state.put(folded, "running_mean", np.zeros(channels))
+            and state.put(folded, "running_var", np.full(channels, 1.0 - float(folded.eps), np.float32))
+            and state.put(folded, "bias", bias if bias is not None else np.zeros(channels, np.float32)))
+
+
+def _put_batchnorm(state: _State, bn: _BatchNorm, node: dict, values: dict[str, np.ndarray]) -> bool:
+    """A BatchNormalization node into ``bn``: scale, shift, mean and variance, with the same epsilon."""
+    arrays = [values[name] for name in node["inputs"][1:5] if name in values]
+    if len(arrays) != 4 or abs(node["attrs"].get("epsilon", 1e-5) - bn.eps) > 1e-7:
+        return False
+    return all(state.put(bn, key, array)
+               for key, array in zip(("weight", "bias", "running_mean", "running_var"), arrays, strict=True))
+
+
+def _put_prelu(state: _State, prelu: nn.PReLU, node: dict, values: dict[str, np.ndarray]) -> bool:
+    """A PRelu node's slopes into ``prelu`` (one per channel, however the graph shapes them for broadcasting)."""
+    slope = values.get(node["inputs"][1])
+    return slope is not None and state.put(prelu, "weight", slope)
+
+
+def _put_linear(state: _State, linear: nn.Linear, node: dict, values: dict[str, np.ndarray]) -> bool:
+    """A Gemm or MatMul node into ``linear``: ONNX stores the weight as (in, out) unless Gemm says ``transB``."""
+    weight = values.get(node["inputs"][1])
+    if weight is None:
+        return False
+    if node["op"] == "MatMul" or not node["attrs"].get("transB", 0):
+        weight = weight.T
+    bias = _optional_input(node, 2, values)
+    if tuple(weight.shape) != tuple(linear.weight.shape) or (bias is None) != (linear.bias is None):
+        return False
+    return state.put(linear, "weight", weight) and (bias is None or state.put(linear, "bias", bias))
+
+
+def map_weights(model: nn.Module, nodes: list[dict], values: dict[str, np.ndarray]) -> dict[str, torch.Tensor] | None:
+    """The state dict that makes ``model`` compute the graph, or None when the two do not match layer for layer."""
+    layers = _layers(model)
+    by_kind = _nodes_by_kind(nodes)
+    if [len(by_kind[kind]) for kind in _WEIGHT_KINDS] != layers.counts():
+        return None
+    state = _State(model)
+    mapped = (
+        all(_put_conv(state, conv, node, values, layers.folded.get(id(conv)))
+            for conv, node in zip(layers.convs, by_kind["Conv"], strict=True))
+        and all(_put_batchnorm(state, bn, node, values)
+                for bn, node in zip(layers.batchnorms, by_kind["BatchNormalization"], strict=True))
+        and all(_put_prelu(state, prelu, node, values)
+                for prelu, node in zip(layers.prelus, by_kind["PRelu"], strict=True))
+        and all(_put_linear(state, linear, node, values)
+                for linear, node in zip(layers.linears, by_kind["Linear"], strict=True))
+    )
+    return state.tensors if mapped else None
 
 
 def load_facecli_backbone(spec: dict[str, Any], state: dict[str, torch.Tensor], meta: dict[str, str],
