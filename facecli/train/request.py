@@ -99,17 +99,17 @@ class TrainRequest:
     tensorboard: bool = False
 
     @classmethod
-    def from_arguments(cls, args: Sequence[str], **options: Any) -> TrainRequest:
+    def from_arguments(cls, arguments: Sequence[str], /, **options: Any) -> TrainRequest:
         """From the CLI's positional arguments (DATA, then ``key=value`` overrides) and its options by parameter
         name (a trailing underscore, which keeps a name off a Python builtin, is dropped; others are ignored)."""
         options = {k.rstrip("_"): v for k, v in options.items()}
-        positional = [a for a in args if "=" not in a]
+        positional = [a for a in arguments if "=" not in a]
         if len(positional) > 1:
             raise UsageError(f"unexpected argument {positional[1]!r}: give one DATA, then key=value overrides")
         known = {f.name for f in fields(cls)}
         given = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in known}
         val = [str(v) for v in options.get("val") or []]
-        return cls(data=positional[0] if positional else None, overrides=[a for a in args if "=" in a],
+        return cls(data=positional[0] if positional else None, overrides=[a for a in arguments if "=" in a],
                    **{**given, "val": val, "head_opt": list(options.get("head_opt") or [])})
 
     def option_layer(self) -> dict[str, Any]:
