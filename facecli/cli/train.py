@@ -27,7 +27,7 @@ class _TrainCommand(TyperCommand):
     """``train --help`` lists the registered backbones and heads, read from their registries when help is shown:
     those import torch, which the other commands and a plain start of facecli should not wait for."""
 
-    def format_help(self, ctx: typer.Context, formatter: Any) -> None:  # formatter: click's HelpFormatter
+    def format_help(self, ctx: Any, formatter: Any) -> None:  # click's Context and HelpFormatter (vendored by typer)
         from facecli.nn.backbones import BACKBONES
         from facecli.nn.heads import HEADS
 

@@ -135,7 +135,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[FaceModel, dict[str
     return FaceModel(backbone, head, classifier, aux, cfg.head.aux_weight), info
 
 
-def _build_classifier(cfg: TrainConfig, head: nn.Module, num_classes: int, embedding_size: int) -> Classifier | None:
+def _build_classifier(cfg: TrainConfig, head: MarginHead | EmbeddingLoss, num_classes: int,
+                      embedding_size: int) -> Classifier | None:
     """Full or Partial FC centres for a margin head; none for an embedding loss, which works on embeddings alone."""
     if isinstance(head, MarginHead):
         subcenters = int(getattr(head, "num_subcenters", 1))
@@ -144,23 +145,25 @@ def _build_classifier(cfg: TrainConfig, head: nn.Module, num_classes: int, embed
         if head.partial_fc_incompatible:
             raise UsageError(f"--partial-fc cannot be used with head {cfg.head.name}: {head.partial_fc_incompatible}")
         return PartialFC(num_classes, embedding_size, cfg.head.partial_fc, subcenters, seed=cfg.seed)
-    if isinstance(head, EmbeddingLoss):
-        if head.kind == "auxiliary":
-            raise UsageError(f"{cfg.head.name} is an auxiliary loss: add it to a margin head with "
-                             f"head.aux={cfg.head.name} (and head.aux_weight)")
-        if cfg.head.partial_fc > 0:
-            raise UsageError(f"--partial-fc cannot be used with head {cfg.head.name}: {head.partial_fc_incompatible}")
-        return None
-    raise UsageError(f"{cfg.head.name} is not a margin head or an embedding loss")
+    if head.kind == "auxiliary":
+        raise UsageError(f"{cfg.head.name} is an auxiliary loss: add it to a margin head with "
+                         f"head.aux={cfg.head.name} (and head.aux_weight)")
+    if cfg.head.partial_fc > 0:
+        raise UsageError(f"--partial-fc cannot be used with head {cfg.head.name}: {head.partial_fc_incompatible}")
+    return None
 
 
-def _build_head(name: str, num_classes: int, embedding_size: int, options: dict[str, Any]) -> nn.Module:
+def _build_head(name: str, num_classes: int, embedding_size: int,
+                options: dict[str, Any]) -> MarginHead | EmbeddingLoss:
     try:
-        return build_head(name, num_classes, embedding_size, **options)
+        head = build_head(name, num_classes, embedding_size, **options)
     except TypeError as exc:
         raise UsageError(f"head {name}: {exc} (its options: {', '.join(_option_names(name)) or 'none'})") from None
     except ValueError as exc:
         raise UsageError(f"head {name}: {exc}") from None
+    if not isinstance(head, (MarginHead, EmbeddingLoss)):
+        raise UsageError(f"{name} is not a margin head or an embedding loss")
+    return head
 
 
 def _option_names(name: str) -> list[str]:

@@ -107,7 +107,7 @@ class TrainRequest:
         if len(positional) > 1:
             raise UsageError(f"unexpected argument {positional[1]!r}: give one DATA, then key=value overrides")
         known = {f.name for f in fields(cls)}
-        given = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in known}
+        given: dict[str, Any] = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in known}
         val = [str(v) for v in options.get("val") or []]
         return cls(data=positional[0] if positional else None, overrides=[a for a in arguments if "=" in a],
                    **{**given, "val": val, "head_opt": list(options.get("head_opt") or [])})

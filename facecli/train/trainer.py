@@ -493,8 +493,9 @@ class Trainer:
                     teacher = self.teacher(clean_images)
             sync = micro == accumulate - 1 or self.world_size == 1
             ddp = self.ddp_model
-            skip_sync = isinstance(ddp, nn.parallel.DistributedDataParallel) and not sync
-            with ddp.no_sync() if skip_sync else contextlib.nullcontext():
+            ctx = (ddp.no_sync() if isinstance(ddp, nn.parallel.DistributedDataParallel) and not sync
+                   else contextlib.nullcontext())
+            with ctx:
                 with self.autocast():
                     out = self.ddp_model(images, labels, freeze, teacher, cfg.model.distill)
                 self.scaler.scale(out.loss.float() / accumulate).backward()
