@@ -89,3 +89,19 @@ def test_subcenters_are_max_pooled():
     pfc = PartialFC(5, 8, sample_rate=1.0, num_subcenters=3)
     pfc.weight.data.copy_(full.weight.data)
     torch.testing.assert_close(pfc(embeddings, torch.zeros(4, dtype=torch.long))[0], cosine)
+
+
+def test_both_classifiers_implement_the_protocol_and_say_whether_they_are_sharded():
+    """The trainer asks ``sharded`` (DDP must leave the centres alone; one state per rank) instead of the type."""
+    from facecli.errors import UsageError
+    from facecli.nn.classifier import Classifier
+
+    full, pfc = FullClassifier(6, 4, num_subcenters=2), PartialFC(6, 4, num_subcenters=2)
+    assert isinstance(full, Classifier) and isinstance(pfc, Classifier)
+    assert (full.sharded, pfc.sharded) == (False, True)
+    assert full.class_centres().shape == pfc.class_centres().shape == (6, 2, 4)
+    with pytest.raises(TypeError):
+        Classifier()  # the protocol alone computes nothing
+    for rate in (0.0, 1.5):
+        with pytest.raises(UsageError, match="sample rate"):
+            PartialFC(6, 4, sample_rate=rate)

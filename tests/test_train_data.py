@@ -67,3 +67,12 @@ def test_epoch_plan_is_deterministic_and_shards_the_global_batch():
     batches = [next(stream) for _ in range(20)]
     resumed = iter(ResumableBatchSampler(one, start=15))
     assert [next(resumed) for _ in range(5)] == batches[15:]
+
+
+def test_epoch_plan_refuses_data_too_small_for_a_batch_as_a_usage_error():
+    from facecli.errors import UsageError
+
+    with pytest.raises(UsageError, match="not enough for one global batch of 8 × 2"):
+        EpochPlan(np.arange(15) % 3, batch_size=8, world_size=2)
+    with pytest.raises(UsageError, match="not a multiple of K=4"):
+        EpochPlan(np.arange(40) % 5, batch_size=6, pk=4)

@@ -310,7 +310,7 @@ def test_val_split_holds_people_out_and_reports_step_zero(shared_dir, tmp_path):
 
 
 def test_default_run_directory_is_new(tmp_path, monkeypatch):
-    from facecli.cli.train import _default_run_dir
+    from facecli.train.request import default_run_dir as _default_run_dir
 
     monkeypatch.chdir(tmp_path)
     first = Path(_default_run_dir(str(tmp_path / "my_people")))

@@ -2,28 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, List, Optional
 
 import typer
+from typer.core import TyperCommand, TyperOption
 
 from facecli.cli.common import UI
 from facecli.cli.options import BgrOpt, JsonOpt, MeanOpt, QuietOpt, StdOpt, VerboseOpt
-from facecli.errors import UsageError
+from facecli.train.callbacks import Callback
+from facecli.train.optimizers import OPTIMIZERS
+from facecli.train.schedule import SCHEDULES
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.progress import Progress, TaskID
 
 Opt = typer.Option
+BACKBONE_HELP = "Backbone architecture."
+HEAD_HELP = "Margin head or embedding loss (papers and parameters: --list-heads)."
+
+
+class _TrainCommand(TyperCommand):
+    """``train --help`` lists the registered backbones and heads, read from their registries when help is shown:
+    those import torch, which the other commands and a plain start of facecli should not wait for."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:  # click's Context and HelpFormatter (vendored by typer)
+        from facecli.nn.backbones import BACKBONES
+        from facecli.nn.heads import HEADS
+
+        helps = {"backbone": f"{BACKBONE_HELP} One of: {', '.join(BACKBONES.names())}.",
+                 "head": f"{HEAD_HELP} One of: {', '.join(HEADS.names())}."}
+        for param in self.params:
+            if isinstance(param, TyperOption) and param.name in helps:
+                param.help = helps[param.name]
+        super().format_help(ctx, formatter)
 
 
 def train(
+    ctx: typer.Context,
     args: Annotated[Optional[List[str]], typer.Argument(
         help="DATA (a .rec, its folder, or a folder of aligned identity sub-folders), then key=value overrides "
              "such as optim.lr=0.05 head.m=0.4. With --resume: RUN instead of DATA.", show_default=False)] = None,
     out: Annotated[Optional[Path], Opt("--out", "-o", help="Run directory (checkpoints, metrics.csv, config.toml).")] = None,
-    backbone: Annotated[Optional[str], Opt(help="iresnet18/34/50/100/200, mobilefacenet, mobilefacenet-large, vit_t, vit_s, vit_b.")] = None,
-    head: Annotated[Optional[str], Opt(help="Margin head or embedding loss (see --list-heads).")] = None,
+    backbone: Annotated[Optional[str], Opt(help=BACKBONE_HELP)] = None,
+    head: Annotated[Optional[str], Opt(help=HEAD_HELP)] = None,
     batch_size: Annotated[Optional[int], Opt("--batch-size", help="Images per process per micro-batch.")] = None,
     steps: Annotated[Optional[int], Opt(help="Optimiser steps (default 100).")] = None,
     epochs: Annotated[Optional[float], Opt(help="Train this many epochs instead of --steps.")] = None,
@@ -37,8 +60,10 @@ def train(
     bf16: Annotated[bool, Opt("--bf16", help="Same as --precision bf16.")] = False,
     channels_last: Annotated[bool, Opt("--channels-last", help="NHWC memory format (faster convolutions under AMP on GPUs).")] = False,
     grad_checkpoint: Annotated[bool, Opt("--grad-checkpoint", help="Recompute block activations in backward (iresnet, vit): less memory.")] = False,
-    optimizer: Annotated[Optional[str], Opt(help="sgd (momentum 0.9, wd 5e-4) or adamw.")] = None,
-    schedule: Annotated[Optional[str], Opt(help="poly (arcface_torch), cosine, step, constant.")] = None,
+    optimizer: Annotated[Optional[str], Opt(help=f"One of: {', '.join(OPTIMIZERS.names())} (default sgd: momentum "
+                                                 "0.9, weight decay 5e-4).")] = None,
+    schedule: Annotated[Optional[str], Opt(help=f"LR schedule, one of: {', '.join(SCHEDULES.names())} (default poly, "
+                                                "arcface_torch's).")] = None,
     warmup_steps: Annotated[Optional[int], Opt("--warmup-steps", help="Linear LR warm-up steps.")] = None,
     embedding_size: Annotated[Optional[int], Opt("--embedding-size", help="Embedding dimension (default 512).")] = None,
     workers: Annotated[Optional[int], Opt(help="DataLoader worker processes.")] = None,
@@ -78,124 +103,35 @@ def train(
     if list_heads:
         _list_heads(ui)
         return
-    from facecli.data.augment import parse_names
-    from facecli.train.config import build_config, parse_overrides, read_config_file, to_toml
+    from facecli.train import TrainRequest, resolve
+    from facecli.train.config import to_toml
 
-    positional = [a for a in (args or []) if "=" not in a]
-    overrides = parse_overrides([a for a in (args or []) if "=" in a])
-    if len(positional) > 1:
-        raise UsageError(f"unexpected argument {positional[1]!r}: give one DATA, then key=value overrides")
-    if steps is not None and epochs is not None:
-        raise UsageError("give --steps or --epochs, not both")
-    if fp16 + bf16 + (precision is not None) > 1:
-        raise UsageError("give one of --precision, --fp16, --bf16")
-    from facecli.train.acceleration import PRECISIONS
-
-    if precision is not None and precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    amp = PRECISIONS[precision] if precision else "fp16" if fp16 else "bf16" if bf16 else None
-    options: dict[str, Any] = {
-        "model.backbone": backbone, "head.name": head, "batch_size": batch_size, "steps": steps,
-        "epochs": epochs, "optim.lr": lr, "seed": seed, "head.partial_fc": partial_fc,
-        "amp": amp, "optim.name": optimizer, "schedule.name": schedule,
-        "schedule.warmup_steps": warmup_steps, "model.embedding_size": embedding_size, "data.workers": workers,
-        "data.val": [str(v) for v in val] if val else None, "data.val_every": val_every,
-        "data.val_split": val_split,
-        "model.init": str(init) if init else None, "model.freeze_backbone_steps": freeze_backbone_steps,
-        "model.backbone_lr_scale": backbone_lr_scale, "model.neck": neck, "optim.accumulate": accumulate,
-        "optim.clip_grad_norm": clip_grad, "compile": True if compile_ else None,
-        "channels_last": True if channels_last else None, "grad_checkpoint": True if grad_checkpoint else None,
-        "nonfinite": "skip" if skip_bad_batches else None, "checkpoint_every": checkpoint_every,
-        "log_every": log_every, "device": device, "tensorboard": True if tensorboard else None,
-        "model.init_mean": _channels(mean, "mean"), "model.init_std": _channels(std, "std"),
-        "model.init_color": None if bgr is None else ("BGR" if bgr else "RGB"),
-        "augment.names": parse_names(augment) if augment is not None else None,
-    }
-    if epochs is not None:
-        options["steps"] = 0
-    if steps is not None:
-        options["epochs"] = 0.0
-    layer = {k: v for k, v in options.items() if v is not None}
-    head_options = {f"head.{k}": v for k, v in parse_overrides(head_opt or []).items()}
-    if easy_margin:
-        head_options["head.easy_margin"] = True
-    file_layer = read_config_file(config) if config else {}
-    if resume:
-        from facecli.train.trainer import resolve_run_config
-
-        run_dir = out or (Path(positional[0]) if positional else None)
-        if run_dir is None:
-            raise UsageError("--resume needs the run directory: facecli train --resume RUN")
-        cfg = resolve_run_config(Path(run_dir), {**_flat(file_layer), **layer, **head_options, **overrides})
-    else:
-        if positional:
-            layer["data.path"] = positional[0]
-        if out is not None:
-            layer["out"] = str(out)
-        cfg = build_config(file_layer, layer, head_options, overrides)
-        if not cfg.data.path and not dry_run:
-            raise UsageError("missing DATA: facecli train DATA --out RUN (or a config with data.path)")
-        if not cfg.out and not dry_run:
-            cfg.out = _default_run_dir(cfg.data.path)
-            ui.info(f"no --out given: writing the run to {cfg.out}")
+    request = TrainRequest.from_arguments(args or [], **ctx.params)
+    cfg = resolve(request, dry_run=dry_run, log=ui.info)
     if dry_run:
-        _check_names(cfg)
         ui.result(cfg.to_dict(), lambda console: console.print(to_toml(cfg), markup=False, highlight=False))
         return
-    _run(cfg, resume, ui)
-
-
-def _default_run_dir(data: str) -> str:
-    """``runs/<data name>-<date>-<time>`` in the working directory, first free name (ultralytics-style)."""
-    from datetime import datetime
-
-    base = Path("runs") / f"{Path(data).resolve().name}-{datetime.now():%Y%m%d-%H%M%S}"
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return str(candidate)
-
-
-def _channels(value: str | None, what: str) -> list[float] | None:
-    from facecli.normalisation import parse_channels
-
-    channels = parse_channels(value, what)
-    return None if channels is None else list(channels)
-
-
-def _flat(layer: dict[str, Any]) -> dict[str, Any]:
-    from facecli.train.config import flatten
-
-    return flatten(layer)
-
-
-def _check_names(cfg: Any) -> None:
-    from facecli.nn.backbones import BACKBONES
-    from facecli.nn.heads import HEADS
-
-    BACKBONES.get(cfg.model.backbone)
-    HEADS.get(cfg.head.name)
+    _run(cfg, request.resume, ui)
 
 
 def _run(cfg: Any, resume: bool, ui: UI) -> None:
-    from facecli.train.trainer import Trainer
+    from facecli.nn.distributed import rank
+    from facecli.train import run
 
     progress = _ProgressCallback(ui)
-    trainer = Trainer(cfg, callbacks=[progress], resume=resume, log=ui.info, detail=ui.detail)
     try:
-        summary = trainer.fit()
+        summary = run(cfg, callbacks=[progress], resume=resume, log=ui.info, detail=ui.detail)
     finally:
         progress.close()
-    if not trainer.is_main:
+    if rank() > 0:
         return
 
     def render(console: Any) -> None:
         from rich.table import Table
 
         table = Table(title=f"facecli train: {summary['run']}", show_header=False)
-        for key in ("steps", "epochs", "final_loss", "samples_per_s", "initial_accuracy", "best_accuracy", "skipped_batches",
-                    "num_classes", "num_images", "world_size", "model", "checkpoint"):
+        for key in ("steps", "epochs", "final_loss", "samples_per_s", "initial_accuracy", "best_accuracy",
+                    "skipped_batches", "num_classes", "num_images", "world_size", "model", "checkpoint"):
             value = summary.get(key)
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
         console.print(table)
@@ -203,7 +139,7 @@ def _run(cfg: Any, resume: bool, ui: UI) -> None:
     ui.result(summary, render)
 
 
-class _ProgressCallback:
+class _ProgressCallback(Callback):
     """A rich bar on stderr (rank 0 only) with loss, LR, samples/s and ETA."""
 
     def __init__(self, ui: UI) -> None:
@@ -223,7 +159,7 @@ class _ProgressCallback:
         self.task = self.bar.add_task("train", total=trainer.total_steps, completed=trainer.step,
                                       loss="-", lr="-", speed="")
 
-    def on_step_end(self, trainer: Any, metrics: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: Any, metrics: Mapping[str, Any]) -> None:
         if self.bar is None or self.task is None:
             return
         fields: dict[str, Any] = {"lr": f"{metrics['lr']:.3g}"}
@@ -243,15 +179,9 @@ class _ProgressCallback:
 
 
 def _list_heads(ui: UI) -> None:
-    from facecli.nn.heads import HEADS
+    from facecli.train import head_catalogue
 
-    rows = []
-    for name in HEADS.names():
-        cls = HEADS.get(name)
-        rows.append({"name": name, "kind": getattr(cls, "kind", ""), "paper": getattr(cls, "paper", ""),
-                     "year": getattr(cls, "year", 0) or None,
-                     "partial_fc": getattr(cls, "partial_fc_incompatible", None) is None,
-                     "defaults": cls.defaults() if hasattr(cls, "defaults") else {}})
+    rows = head_catalogue()
 
     def render(console: Any) -> None:
         from rich.table import Table
@@ -293,5 +223,5 @@ def export(
 
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``export`` to the root app."""
-    app.command("train", context_settings={"allow_interspersed_args": True})(train)
+    app.command("train", cls=_TrainCommand, context_settings={"allow_interspersed_args": True})(train)
     app.command("export")(export)

@@ -1,7 +1,8 @@
 """The class-centre matrix: embeddings in, cosines to every class centre out (the input of every margin head).
 
 ``FullClassifier`` keeps all centres in one process; ``facecli.nn.partial_fc.PartialFC`` shards them over ranks
-and samples negatives. Both have the same interface so every head composes with both:
+and samples negatives. Both implement :class:`Classifier`, so every head composes with both and the trainer never
+asks which one it has:
 
     embeddings, labels = classifier.gather(embeddings, labels)  # the global batch under Partial FC
     cosine, columns = classifier(embeddings, labels)  # columns: each label's column in ``cosine`` or -1
@@ -13,6 +14,9 @@ of the weight, and the class cosine is the max over its K sub-centre cosines.
 """
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +55,39 @@ def cosine_matrix(embeddings: torch.Tensor, weight: torch.Tensor, num_subcenters
     return cosine
 
 
-class FullClassifier(nn.Module):
+class Classifier(nn.Module, ABC):
+    """The protocol of a classifier: what the training step and the trainer need from it.
+
+    ``sharded`` says whether each process holds only its own part of the centres: then DDP must not average
+    them across processes, and the training state of the centres is one file per rank, which only the same number
+    of processes can resume.
+    """
+
+    sharded: ClassVar[bool]
+    num_classes: int
+    num_subcenters: int
+
+    @abstractmethod
+    def gather(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch this classifier scores, from this process's embeddings and labels."""
+
+    @abstractmethod
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cosines to the centres this process scores, and each label's column there (or -1 if held elsewhere)."""
+
+    @abstractmethod
+    def cross_entropy(self, logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """The mean softmax cross-entropy of the (whole) batch over all classes."""
+
+    @abstractmethod
+    def class_centres(self) -> torch.Tensor:
+        """``(classes held here, K, E)`` centres (for tools such as sub-centre cleaning)."""
+
+
+class FullClassifier(Classifier):
     """All class centres in this process (replicated under DDP like any other parameter)."""
+
+    sharded = False
 
     def __init__(self, num_classes: int, embedding_size: int, num_subcenters: int = 1, seed: int = 0) -> None:
         super().__init__()
@@ -71,5 +106,4 @@ class FullClassifier(nn.Module):
         return F.cross_entropy(logits.float(), columns)
 
     def class_centres(self) -> torch.Tensor:
-        """``(C, K, E)`` centres (for tools such as sub-centre cleaning)."""
         return self.weight.detach().view(self.num_classes, self.num_subcenters, -1)

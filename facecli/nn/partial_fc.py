@@ -20,8 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from facecli.errors import UsageError
 from facecli.nn import distributed
-from facecli.nn.classifier import cosine_matrix, init_centres
+from facecli.nn.classifier import Classifier, cosine_matrix, init_centres
 
 
 def shard_bounds(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -79,14 +80,16 @@ class _DistCrossEntropy(torch.autograd.Function):
         return grad * (grad_out / softmax.size(0)), None
 
 
-class PartialFC(nn.Module):
+class PartialFC(Classifier):
     """This rank's shard of the class centres, with negative-centre sampling (``sample_rate`` in (0, 1])."""
+
+    sharded = True
 
     def __init__(self, num_classes: int, embedding_size: int, sample_rate: float = 1.0, num_subcenters: int = 1,
                  seed: int = 0) -> None:
         super().__init__()
         if not 0.0 < sample_rate <= 1.0:
-            raise ValueError(f"partial FC sample rate must be in (0, 1], got {sample_rate}")
+            raise UsageError(f"partial FC sample rate must be in (0, 1], got {sample_rate}")
         self.num_classes = int(num_classes)
         self.sample_rate = float(sample_rate)
         self.num_subcenters = int(num_subcenters)
@@ -129,5 +132,4 @@ class PartialFC(nn.Module):
         return _DistCrossEntropy.apply(logits, columns)
 
     def class_centres(self) -> torch.Tensor:
-        """``(C_local, K, E)`` centres of this rank's shard."""
         return self.weight.detach().view(self.num_local, self.num_subcenters, -1)

@@ -1,9 +1,20 @@
-"""Trainer callbacks: what happens around the steps (metrics file, TensorBoard, validation) lives here.
+"""Trainer callbacks: what happens around the steps (metrics file, TensorBoard, best.pt) lives here.
 
-A callback overrides any of ``on_train_start(trainer)``, ``on_step_end(trainer, metrics)`` and
-``on_train_end(trainer, summary)``; ``metrics`` is a dict that earlier callbacks may extend (validation adds its
-accuracies before the metrics file writes the row). The trainer calls them on every rank; callbacks that write
-files check ``trainer.is_main``.
+A callback implements any of the named stages below; the trainer calls them, on every rank, in this order:
+
+- ``on_train_start(trainer)``: after setup, with ``trainer.step`` at 0 or at the resumed step, and
+  ``trainer.initial_accuracy`` filled (the validation before the first step of a new run);
+- ``on_validation_end(trainer, result)``: after each validation during training (rank 0), once the trainer has
+  decided whether ``result`` is the best so far;
+- ``on_step_end(trainer, metrics)``: after every optimiser step; ``metrics`` is read-only and complete: step,
+  epoch, lr, loss, max_logit, ``logged`` (a row is due), samples_per_s on logged steps and ``val_NAME`` after a
+  validation;
+- ``on_train_end(trainer, summary)``: after the last checkpoint and model.pt are written.
+
+The trainer computes everything a stage hands out before it calls the stage, and no callback reads what another
+one writes, so the order of the callbacks does not matter (``tests/test_train_callbacks.py`` shuffles them).
+Callbacks that write files check ``trainer.is_main``. The module imports neither torch nor numpy, so the CLI's
+progress bar can be a callback without paying for them at start-up.
 """
 
 from __future__ import annotations
@@ -11,12 +22,9 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 from facecli.fileio import atomic_write_text
 
@@ -24,19 +32,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.tensorboard import SummaryWriter
 
     from facecli.train.trainer import Trainer
+    from facecli.train.validation import ValidationResult
+
+#: The stages, in the order the trainer reaches them in a run.
+Stage = Literal["on_train_start", "on_validation_end", "on_step_end", "on_train_end"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
 
 
 class Callback(Protocol):
-    """The hooks; subclasses inherit no-op defaults, and any object with the three methods is a callback too (the
-    CLI's progress bar is one, so that the CLI need not import torch to define it)."""
+    """The stages; subclasses inherit no-op defaults, and any object with some of these methods is a callback
+    too (the trainer calls the ones it has)."""
 
-    def on_train_start(self, trainer: "Trainer") -> None:
+    def on_train_start(self, trainer: Trainer) -> None:
         return None
 
-    def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
+    def on_validation_end(self, trainer: Trainer, result: ValidationResult) -> None:
         return None
 
-    def on_train_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: Trainer, metrics: Mapping[str, Any]) -> None:
+        return None
+
+    def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         return None
 
 
@@ -50,7 +66,7 @@ class MetricsFile(Callback):
         self.columns = self.base_columns + [f"val_{n}" for n in val_names]
         self.rows: list[dict[str, Any]] = []
 
-    def on_train_start(self, trainer: "Trainer") -> None:
+    def on_train_start(self, trainer: Trainer) -> None:
         """Rows of a resumed run up to its step; for a new run with validation, a step-0 row (before training)."""
         if trainer.is_main and self.path.is_file() and trainer.step > 0:
             with open(self.path, newline="", encoding="utf-8") as fh:
@@ -58,12 +74,12 @@ class MetricsFile(Callback):
         if trainer.is_main and trainer.step == 0 and trainer.initial_accuracy:
             self._write({"step": 0, "epoch": 0.0, **{f"val_{k}": v for k, v in trainer.initial_accuracy.items()}})
 
-    def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: Trainer, metrics: Mapping[str, Any]) -> None:
         if not trainer.is_main or not metrics.get("logged"):
             return
         self._write(metrics)
 
-    def _write(self, metrics: dict[str, Any]) -> None:
+    def _write(self, metrics: Mapping[str, Any]) -> None:
         self.rows.append({k: _fmt(metrics.get(k)) for k in self.columns})
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
@@ -87,7 +103,7 @@ class TensorBoard(Callback):
         self.log_dir = log_dir
         self.writer: SummaryWriter | None = None
 
-    def on_train_start(self, trainer: "Trainer") -> None:
+    def on_train_start(self, trainer: Trainer) -> None:
         if not trainer.is_main:
             return
         try:
@@ -97,85 +113,21 @@ class TensorBoard(Callback):
             return
         self.writer = SummaryWriter(str(self.log_dir))
 
-    def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
+    def on_step_end(self, trainer: Trainer, metrics: Mapping[str, Any]) -> None:
         if self.writer is None or not metrics.get("logged"):
             return
         for key, value in metrics.items():
             if isinstance(value, float) and math.isfinite(value) and key not in ("step", "epoch"):
                 self.writer.add_scalar(key, value, metrics["step"])
 
-    def on_train_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
+    def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         if self.writer is not None:
             self.writer.close()
 
 
-class Verification(Callback):
-    """10-fold verification accuracy on ``.bin`` benchmarks every ``every`` steps and at the end; keeps best.pt.
+class BestModel(Callback):
+    """``RUN/best.pt``: the backbone at the best validation so far, which the trainer decides (``result.is_best``)."""
 
-    Embeddings are computed as insightface's ``verification.py`` does: the image and its mirror, the two
-    embeddings summed before L2 normalisation (facecli's ``eval.verify`` with ``embeddings_flip``).
-    """
-
-    def __init__(self, bins: list[str], every: int, batch_size: int,
-                 extra: dict[str, tuple[list, np.ndarray]] | None = None) -> None:
-        """``bins``: ``.bin`` files; ``extra``: more sets by name, as (images: encoded bytes or RGB arrays, issame)."""
-        from facecli.data.benchmarks import load_bin
-
-        self.sets = {Path(b).stem: load_bin(b) for b in bins}
-        self.sets.update(extra or {})
-        self.every = every
-        self.batch_size = batch_size
-        self.best = -1.0
-        self.last: dict[str, float] = {}
-
-    @staticmethod
-    def names(bins: list[str], extra: list[str] | None = None) -> list[str]:
-        return [Path(b).stem for b in bins] + list(extra or [])
-
-    def on_train_start(self, trainer: "Trainer") -> None:
-        """At step 0, the accuracy before training: what a fine-tuned model has to beat."""
-        self.best = float(trainer.resumed.get("best_accuracy", -1.0))
-        if trainer.step == 0 and trainer.is_main:
-            for name, (images, issame) in self.sets.items():
-                trainer.initial_accuracy[name] = self.evaluate(trainer, images, issame)
-
-    def on_step_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
-        final = trainer.step >= trainer.total_steps
-        if not (final or (self.every > 0 and trainer.step % self.every == 0)):
-            return
-        if not trainer.is_main:
-            return
-        for name, (images, issame) in self.sets.items():
-            acc = self.evaluate(trainer, images, issame)
-            metrics[f"val_{name}"] = acc
-            self.last[name] = acc
-        metrics["logged"] = True
-        mean_acc = float(np.mean(list(self.last.values())))
-        if mean_acc > self.best:
-            self.best = mean_acc
-            trainer.best_accuracy = mean_acc
-            trainer.save_backbone_file("best.pt", {"val_accuracy": dict(self.last), "step": trainer.step})
-
-    @torch.no_grad()
-    def evaluate(self, trainer: "Trainer", images: list, issame: np.ndarray) -> float:
-        from facecli.data.datasets import to_input
-        from facecli.eval import verify
-        from facecli.imageio import decode_image
-
-        backbone = trainer.backbone
-        was_training = backbone.training
-        backbone.eval()
-        plain, flipped = [], []
-        started = time.perf_counter()
-        for lo in range(0, len(images), self.batch_size):
-            rgb = [b if isinstance(b, np.ndarray) else decode_image(b) for b in images[lo : lo + self.batch_size]]
-            x = torch.stack([to_input(im) for im in rgb]).to(trainer.device)
-            with trainer.autocast():
-                plain.append(backbone(x).float().cpu())
-                flipped.append(backbone(torch.flip(x, dims=[3])).float().cpu())
-        backbone.train(was_training)
-        result = verify(torch.cat(plain).numpy(), np.asarray(issame, dtype=bool),
-                        embeddings_flip=torch.cat(flipped).numpy(), nfolds=10)
-        trainer.detail(f"step {trainer.step}: verification on {len(issame)} pairs: {result.accuracy:.4f} "
-                       f"({time.perf_counter() - started:.1f}s)")
-        return float(result.accuracy)
+    def on_validation_end(self, trainer: Trainer, result: ValidationResult) -> None:
+        if result.is_best and trainer.is_main:
+            trainer.save_backbone_file("best.pt", {"val_accuracy": dict(result.accuracies), "step": result.step})

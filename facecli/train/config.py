@@ -14,11 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from facecli.errors import UsageError
+from facecli.registry import Registry
+from facecli.train.optimizers import OPTIMIZERS
+from facecli.train.schedule import SCHEDULES
 
 
 @dataclass
@@ -139,14 +143,15 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+#: Keys with a fixed set of values; ``optim.name`` and ``schedule.name`` are checked against their registries.
 CHOICES = {
     "amp": ("none", "fp16", "bf16"),
     "nonfinite": ("stop", "skip"),
-    "optim.name": ("sgd", "adamw"),
-    "schedule.name": ("poly", "cosine", "step", "constant"),
     "model.batchnorm": ("train", "frozen"),
     "model.init_color": ("", "RGB", "BGR"),
 }
+#: Keys whose value names an entry of a registry (their choices are the registry's names).
+NAMED: dict[str, Registry] = {"optim.name": OPTIMIZERS, "schedule.name": SCHEDULES}
 
 
 def parse_value(text: str) -> Any:
@@ -222,38 +227,42 @@ def valid_keys() -> list[str]:
     return keys
 
 
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(value)
+    return bool(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+#: How a scalar field's value is read from a file, an option or a ``key=value`` string.
+_SCALARS: dict[Any, Callable[[Any], Any]] = {bool: _to_bool, int: _to_int, float: float, str: str}
+
+
 def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """``value`` as the field type ``typ`` (scalars, lists of them, option dicts); a one-line error otherwise."""
     origin = getattr(typ, "__origin__", None)
     try:
-        if typ is bool:
-            if isinstance(value, str):
-                if value.lower() in ("true", "yes", "1", "on"):
-                    return True
-                if value.lower() in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError
-            return bool(value)
-        if typ is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if typ is float:
-            return float(value)
-        if typ is str:
-            return str(value)
+        if typ in _SCALARS:
+            return _SCALARS[typ](value)
         if origin is list:
             items = value if isinstance(value, (list, tuple)) else [value]
-            inner = typ.__args__[0]
-            return [_coerce(key, v, inner) for v in items]
+            return [_coerce(key, v, typ.__args__[0]) for v in items]
         if origin is dict:
             if not isinstance(value, dict):
-                raise ValueError
+                raise ValueError(value)
             return dict(value)
-    except (TypeError, ValueError):
-        pass
-    else:
         return value
-    raise UsageError(f"config key {key}: {value!r} is not a valid {getattr(typ, '__name__', typ)}")
+    except (TypeError, ValueError):
+        raise UsageError(f"config key {key}: {value!r} is not a valid {getattr(typ, '__name__', typ)}") from None
 
 
 def build_config(*layers: dict[str, Any]) -> TrainConfig:
@@ -292,11 +301,24 @@ def build_config(*layers: dict[str, Any]) -> TrainConfig:
 def validate(cfg: TrainConfig) -> None:
     """Range and choice checks with one-line messages."""
     flat = flatten(cfg.to_dict())
-    for key, choices in CHOICES.items():
-        if flat[key] not in choices:
-            raise UsageError(f"{key} must be one of {', '.join(choices)}, got {flat[key]!r}")
-    positive = ["batch_size", "optim.accumulate", "log_every", "checkpoint_every", "data.val_batch_size"]
-    for key in positive:
+    _check_choices(flat)
+    _check_ranges(cfg, flat)
+    _check_model(cfg)
+    from facecli.data.augment import check_augment
+
+    check_augment(cfg.augment)
+
+
+def _check_choices(flat: dict[str, Any]) -> None:
+    """Fixed choices, and names that a registry knows (spelled as it lists them: the config file keeps them)."""
+    choices = {**CHOICES, **{key: tuple(registry.names()) for key, registry in NAMED.items()}}
+    for key, allowed in choices.items():
+        if flat[key] not in allowed:
+            raise UsageError(f"{key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
+
+
+def _check_ranges(cfg: TrainConfig, flat: dict[str, Any]) -> None:
+    for key in ("batch_size", "optim.accumulate", "log_every", "checkpoint_every", "data.val_batch_size"):
         if flat[key] <= 0:
             raise UsageError(f"{key} must be positive, got {flat[key]}")
     if not 0.0 <= cfg.head.partial_fc <= 1.0:
@@ -309,6 +331,10 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(f"optim.lr must be positive, got {cfg.optim.lr}")
     if not 0.0 <= cfg.data.val_split < 1.0:
         raise UsageError(f"data.val_split must be a fraction of the identities in [0, 1), got {cfg.data.val_split}")
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    """Fine-tuning options: distillation needs --init; the unfrozen fraction; --init's normalisation."""
     if cfg.model.distill < 0:
         raise UsageError(f"model.distill must not be negative, got {cfg.model.distill}")
     if cfg.model.distill > 0 and not cfg.model.init:
@@ -321,10 +347,8 @@ def validate(cfg: TrainConfig) -> None:
     from facecli.normalisation import check_normalisation, parse_channels
 
     # the same rules as eval's --mean/--std, whichever layer (option, config file, key=value) set them
-    check_normalisation(parse_channels(cfg.model.init_mean or None, "mean"), parse_channels(cfg.model.init_std or None, "std"))
-    from facecli.data.augment import check_augment
-
-    check_augment(cfg.augment)
+    check_normalisation(parse_channels(cfg.model.init_mean or None, "mean"),
+                        parse_channels(cfg.model.init_std or None, "std"))
 
 
 #: What ``--resume`` may change: how long the run goes on and how it is watched, never what a step computes.

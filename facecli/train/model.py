@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facecli.errors import UsageError
-from facecli.nn.classifier import FullClassifier
+from facecli.nn.classifier import Classifier, FullClassifier
 from facecli.nn.heads import EmbeddingLoss, MarginHead, build_head
 from facecli.nn.inference import QUALITY_FEATURE_NORM, backbone_state, build_backbone, model_info, read_weights
 from facecli.nn.onnx_import import import_onnx, is_onnx
@@ -32,7 +32,7 @@ class FaceModel(nn.Module):
     """Everything with parameters that one training step runs, as one module (what DDP wraps)."""
 
     def __init__(self, backbone: nn.Module, head: MarginHead | EmbeddingLoss,
-                 classifier: PartialFC | FullClassifier | None, aux: EmbeddingLoss | None = None,
+                 classifier: Classifier | None, aux: EmbeddingLoss | None = None,
                  aux_weight: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
@@ -125,24 +125,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[FaceModel, dict[str
             load_init_backbone(backbone, m.init, info)
     head = _build_head(cfg.head.name, num_classes, embedding_size, cfg.head.options)
     info.update(head_info(cfg.head.name, head))
-    classifier: PartialFC | FullClassifier | None = None
-    if isinstance(head, MarginHead):
-        subcenters = int(getattr(head, "num_subcenters", 1))
-        if cfg.head.partial_fc > 0:
-            if head.partial_fc_incompatible:
-                raise UsageError(
-                    f"--partial-fc cannot be used with head {cfg.head.name}: {head.partial_fc_incompatible}")
-            classifier = PartialFC(num_classes, embedding_size, cfg.head.partial_fc, subcenters, seed=cfg.seed)
-        else:
-            classifier = FullClassifier(num_classes, embedding_size, subcenters, seed=cfg.seed)
-    elif isinstance(head, EmbeddingLoss):
-        if head.kind == "auxiliary":
-            raise UsageError(f"{cfg.head.name} is an auxiliary loss: add it to a margin head with "
-                             f"head.aux={cfg.head.name} (and head.aux_weight)")
-        if cfg.head.partial_fc > 0:
-            raise UsageError(f"--partial-fc cannot be used with head {cfg.head.name}: {head.partial_fc_incompatible}")
-    else:
-        raise UsageError(f"{cfg.head.name} is not a margin head or an embedding loss")
+    classifier = _build_classifier(cfg, head, num_classes, embedding_size)
     aux: EmbeddingLoss | None = None
     if cfg.head.aux:
         built = _build_head(cfg.head.aux, num_classes, embedding_size, cfg.head.aux_options)
@@ -152,13 +135,35 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[FaceModel, dict[str
     return FaceModel(backbone, head, classifier, aux, cfg.head.aux_weight), info
 
 
-def _build_head(name: str, num_classes: int, embedding_size: int, options: dict[str, Any]) -> nn.Module:
+def _build_classifier(cfg: TrainConfig, head: MarginHead | EmbeddingLoss, num_classes: int,
+                      embedding_size: int) -> Classifier | None:
+    """Full or Partial FC centres for a margin head; none for an embedding loss, which works on embeddings alone."""
+    if isinstance(head, MarginHead):
+        subcenters = int(getattr(head, "num_subcenters", 1))
+        if cfg.head.partial_fc <= 0:
+            return FullClassifier(num_classes, embedding_size, subcenters, seed=cfg.seed)
+        if head.partial_fc_incompatible:
+            raise UsageError(f"--partial-fc cannot be used with head {cfg.head.name}: {head.partial_fc_incompatible}")
+        return PartialFC(num_classes, embedding_size, cfg.head.partial_fc, subcenters, seed=cfg.seed)
+    if head.kind == "auxiliary":
+        raise UsageError(f"{cfg.head.name} is an auxiliary loss: add it to a margin head with "
+                         f"head.aux={cfg.head.name} (and head.aux_weight)")
+    if cfg.head.partial_fc > 0:
+        raise UsageError(f"--partial-fc cannot be used with head {cfg.head.name}: {head.partial_fc_incompatible}")
+    return None
+
+
+def _build_head(name: str, num_classes: int, embedding_size: int,
+                options: dict[str, Any]) -> MarginHead | EmbeddingLoss:
     try:
-        return build_head(name, num_classes, embedding_size, **options)
+        head = build_head(name, num_classes, embedding_size, **options)
     except TypeError as exc:
         raise UsageError(f"head {name}: {exc} (its options: {', '.join(_option_names(name)) or 'none'})") from None
     except ValueError as exc:
         raise UsageError(f"head {name}: {exc}") from None
+    if not isinstance(head, (MarginHead, EmbeddingLoss)):
+        raise UsageError(f"{name} is not a margin head or an embedding loss")
+    return head
 
 
 def _option_names(name: str) -> list[str]:

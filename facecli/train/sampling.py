@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from facecli.errors import UsageError
+
 Item = tuple[int, bool] | tuple[int, bool, int]
 Batch = list[Item]
 
@@ -38,13 +40,13 @@ class EpochPlan:
             from facecli.data.samplers import PKSampler
 
             if self.batch_size % self.k:
-                raise ValueError(f"P×K batches: batch size {batch_size} is not a multiple of K={pk}")
+                raise UsageError(f"P×K batches: batch size {batch_size} is not a multiple of K={pk}")
             self.pk_sampler = PKSampler(self.labels, self.batch_size // self.k, self.k, seed, rank, world_size)
             self.batches_per_epoch = self.pk_sampler.batches_per_epoch()
         else:
             self.batches_per_epoch = len(self.labels) // (self.batch_size * self.world_size)
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            raise UsageError(
                 f"{len(self.labels)} samples are not enough for one global batch of "
                 f"{self.batch_size} × {self.world_size} process(es)"
             )
