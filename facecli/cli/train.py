@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperCommand, TyperOption
 
 from facecli.cli.common import UI
-from facecli.cli.options import BgrOpt, JsonOpt, MeanOpt, QuietOpt, StdOpt, VerboseOpt
+from facecli.cli.options import BgrOpt, JsonOpt, MeanOpt, QuietOpt, StdOpt, VerboseOpt, out_option
 from facecli.train.callbacks import Callback
 from facecli.train.optimizers import OPTIMIZERS
 from facecli.train.schedule import SCHEDULES
@@ -44,7 +44,7 @@ def train(
     args: Annotated[Optional[List[str]], typer.Argument(
         help="DATA (a .rec, its folder, or a folder of aligned identity sub-folders), then key=value overrides "
              "such as optim.lr=0.05 head.m=0.4. With --resume: RUN instead of DATA.", show_default=False)] = None,
-    out: Annotated[Optional[Path], Opt("--out", "-o", help="Run directory (checkpoints, metrics.csv, config.toml).")] = None,
+    out: Annotated[Optional[Path], out_option("Run directory (checkpoints, metrics.csv, config.toml).")] = None,
     backbone: Annotated[Optional[str], Opt(help=BACKBONE_HELP)] = None,
     head: Annotated[Optional[str], Opt(help=HEAD_HELP)] = None,
     batch_size: Annotated[Optional[int], Opt("--batch-size", help="Images per process per micro-batch.")] = None,
@@ -73,7 +73,7 @@ def train(
         "--val-split", help="Hold this fraction of the people out of training; validate on pairs of them.")] = None,
     init: Annotated[Optional[Path], Opt(
         "--init", help="Fine-tune a pretrained backbone: an ONNX recognition model, a facecli run/checkpoint or an "
-                       "arcface_torch .pt (sets the fine-tuning defaults, see the README).")] = None,
+                       "arcface_torch .pt (sets the fine-tuning defaults, see docs/train.md).")] = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
     bgr: BgrOpt = None,
