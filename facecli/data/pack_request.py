@@ -25,6 +25,7 @@ from facecli.data.layouts import Layout, Selection, build_layout, parse_ranges, 
 from facecli.data.payloads import VERIFY_MODES
 from facecli.errors import FacecliError, UsageError
 from facecli.progress import SILENT, Feedback
+from facecli.requests import PathFields
 
 
 def parse_size(text: str | None, flag: str = "--resize") -> tuple[int, int] | None:
@@ -52,7 +53,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 @dataclass
-class PackRequest:
+class PackRequest(PathFields):
     """Everything ``facecli pack dataset`` is told; the fields are its options, already parsed.
 
     The K-Face filters stay range texts (``"1-3"``) because ``pack.json`` records the user's words.
@@ -172,7 +173,7 @@ def pack_dataset(request: PackRequest, feedback: Feedback = SILENT) -> packing.P
 
 
 @dataclass
-class PairsRequest:
+class PairsRequest(PathFields):
     """Everything ``facecli pack pairs`` is told: a pairs list (LFW ``pairs.txt`` or a CSV) or, with
     ``make_pairs``, an identity-folder tree to draw N pairs from; ``out`` is the ``.bin`` to write."""
 

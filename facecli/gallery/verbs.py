@@ -41,6 +41,7 @@ from facecli.gallery.workflow import (
     threshold_of,
 )
 from facecli.progress import SILENT, Feedback
+from facecli.requests import PathFields
 
 DTYPES = ("float32", "float16")
 FLIPS = ("sum", "concat", "none")
@@ -119,7 +120,7 @@ def _probes(feedback: Feedback, gallery: Gallery, root: Path, model: Any, alignm
 
 
 @dataclass
-class BuildRequest:
+class BuildRequest(PathFields):
     """``facecli gallery build IMAGES --out OUT --model SPEC``: one template per identity folder of ``images``."""
 
     images: Path
@@ -164,7 +165,7 @@ def build(request: BuildRequest, feedback: Feedback = SILENT) -> VerbResult:
 
 
 @dataclass
-class AddRequest:
+class AddRequest(PathFields):
     """``facecli gallery add IMAGES -g GALLERY``: more people, or more photos of enrolled ones."""
 
     images: Path
@@ -203,7 +204,7 @@ def remove(gallery: Path, identities: list[str], feedback: Feedback = SILENT) ->
 
 
 @dataclass
-class CalibrateRequest:
+class CalibrateRequest(PathFields):
     """``facecli gallery calibrate -g GALLERY --impostors STRANGERS``: a folder of strangers, or a ``.bin``."""
 
     gallery: Path
@@ -249,7 +250,7 @@ def calibrate(request: CalibrateRequest, feedback: Feedback = SILENT) -> VerbRes
 
 
 @dataclass
-class SearchRequest:
+class SearchRequest(PathFields):
     """``facecli gallery search PROBES -g GALLERY``: top-k identities per probe, or ``unknown``."""
 
     probes: Path
@@ -327,7 +328,7 @@ def search(request: SearchRequest, feedback: Feedback = SILENT) -> VerbResult:
 
 
 @dataclass
-class EvaluateRequest:
+class EvaluateRequest(PathFields):
     """``facecli gallery evaluate -g GALLERY --probes PROBES``: open-set metrics; ``out`` gets report.json and
     det.png."""
 
