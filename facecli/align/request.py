@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from facecli.errors import UsageError
+from facecli.imageio import DEFAULT_MAX_PIXELS
 from facecli.progress import SILENT, Feedback
 
 
@@ -57,7 +58,7 @@ class AlignRequest:
     min_score: float = 0.0
     fmt: str = "jpg"
     quality: int = 95
-    max_pixels: int = 100_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     detector: str = "mtcnn"
     det_model: Path | None = None  # --detector scrfd: the ONNX file
     device: str = "cpu"
