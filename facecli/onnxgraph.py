@@ -182,70 +182,101 @@ def fill_channel_blocks(graph: Any, block: int = 16) -> int:
     unless each step is the only reader of the one before and the weights, bias and slopes are constants used
     nowhere else.
     """
-    from onnx import helper, numpy_helper
-
-    constants = {tensor.name: tensor for tensor in graph.initializer}
-    readers = _Readers(graph)
-
-    def only_reader(name: str, op_type: str) -> int | None:
-        position = readers.sole(name)
-        return position if position is not None and graph.node[position].op_type == op_type else None
-
-    def private_constant(name: str) -> Any:
-        return constants.get(name) if readers.count(name) == 1 else None
-
-    cut_after: dict[int, Any] = {}
+    runs = _NarrowRuns(graph, block)
+    changes: dict[int, list[Any]] = {}  # pool position → the pool and the Slice after it
     widened: set[str] = set()
     for conv in graph.node:
-        if conv.op_type != "Conv" or _attributes(conv).get("group", 1) != 1:
+        run = runs.find(conv)
+        if run is None:
             continue
-        weight = private_constant(conv.input[1])
-        bias = private_constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        if weight is None or len(weight.dims) != 4 or weight.dims[0] % block == 0:
-            continue
-        if len(conv.input) > 2 and conv.input[2] and bias is None:
-            continue
-        prelu_at = only_reader(conv.output[0], "PRelu")
-        pool_at = only_reader(graph.node[prelu_at].output[0], "MaxPool") if prelu_at is not None else None
-        if pool_at is None:
-            continue
-        prelu, pool = graph.node[prelu_at], graph.node[pool_at]
-        slopes = private_constant(prelu.input[1])
-        channels = weight.dims[0]
-        slope_values = per_channel_slopes(slopes)
-        if slope_values is None or slope_values.size != channels:
-            continue
-        wide = -(-channels // block) * block
-        for tensor, axis in [(weight, 0), (bias, 0), (slopes, len(slopes.dims) - 3)]:
-            if tensor is None:
-                continue
-            values = numpy_helper.to_array(tensor)
-            widths = [(0, 0)] * values.ndim
-            widths[axis] = (0, wide - channels)
-            tensor.CopyFrom(numpy_helper.from_array(np.pad(values, widths), tensor.name))
-        kept = pool.output[0]
-        pool.output[0] = f"{kept}/filled_blocks"
-        bounds = [
-            numpy_helper.from_array(np.array(values, np.int64), f"{kept}/keep_channels_{part}")
-            for part, values in (("start", [0]), ("end", [channels]), ("axis", [1]))
-        ]
-        graph.initializer.extend(bounds)
-        cut_after[pool_at] = helper.make_node(
-            "Slice", [pool.output[0], *(bound.name for bound in bounds)], [kept], name=f"{kept}/keep_channels"
-        )
-        widened.update([conv.output[0], prelu.output[0]])
-    if cut_after:
-        nodes = []
-        for position, node in enumerate(graph.node):
-            nodes.append(node)
-            if position in cut_after:
-                nodes.append(cut_after[position])
-        del graph.node[:]
-        graph.node.extend(nodes)
+        changes[run.pool_at] = [run.pool, _fill_narrow_run(graph, run, block)]
+        widened.update([conv.output[0], run.prelu.output[0]])
+    if changes:
+        _splice(graph, list(graph.node), changes)
         shapes = [value for value in graph.value_info if value.name not in widened]  # recorded with the old width
         del graph.value_info[:]
         graph.value_info.extend(shapes)
-    return len(cut_after)
+    return len(changes)
+
+
+@dataclass
+class _NarrowRun:
+    """One run :func:`fill_channel_blocks` widens: its activation and pool, and the constants to widen (tensors of
+    the graph, changed in place)."""
+
+    prelu: Any
+    pool: Any
+    pool_at: int
+    weight: Any
+    bias: Any | None
+    slopes: Any
+    channels: int
+
+
+class _NarrowRuns:
+    """Finds the runs of :func:`fill_channel_blocks`: each step the only reader of the one before, the weights,
+    bias and slopes initializers that nothing else reads."""
+
+    def __init__(self, graph: Any, block: int) -> None:
+        self._graph = graph
+        self._block = block
+        self._constants = {tensor.name: tensor for tensor in graph.initializer}
+        self._readers = _Readers(graph)
+
+    def _only_reader(self, name: str, op_type: str) -> int | None:
+        position = self._readers.sole(name)
+        return position if position is not None and self._graph.node[position].op_type == op_type else None
+
+    def _private_constant(self, name: str) -> Any:
+        return self._constants.get(name) if self._readers.count(name) == 1 else None
+
+    def find(self, conv: Any) -> _NarrowRun | None:
+        """The run that starts at ``conv`` when it is an ungrouped convolution with private constants whose
+        channels do not fill whole blocks, read by a per-channel ``PRelu`` read by a ``MaxPool``."""
+        if conv.op_type != "Conv" or _attributes(conv).get("group", 1) != 1:
+            return None
+        has_bias = len(conv.input) > 2 and bool(conv.input[2])
+        weight = self._private_constant(conv.input[1])
+        bias = self._private_constant(conv.input[2]) if has_bias else None
+        if weight is None or len(weight.dims) != 4 or weight.dims[0] % self._block == 0:
+            return None
+        if has_bias and bias is None:
+            return None
+        prelu_at = self._only_reader(conv.output[0], "PRelu")
+        pool_at = self._only_reader(self._graph.node[prelu_at].output[0], "MaxPool") if prelu_at is not None else None
+        if pool_at is None:
+            return None
+        prelu, pool = self._graph.node[prelu_at], self._graph.node[pool_at]
+        slopes = self._private_constant(prelu.input[1])
+        slope_values = per_channel_slopes(slopes)
+        if slope_values is None or slope_values.size != weight.dims[0]:
+            return None
+        return _NarrowRun(prelu, pool, pool_at, weight, bias, slopes, weight.dims[0])
+
+
+def _fill_narrow_run(graph: Any, run: _NarrowRun, block: int) -> Any:
+    """Pad the run's weights, bias and slopes with zero channels up to whole blocks and rename the pool's output;
+    returns the ``Slice`` that hands the original channels on under the pool's old output name."""
+    from onnx import helper, numpy_helper
+
+    wide = -(-run.channels // block) * block
+    for tensor, axis in [(run.weight, 0), (run.bias, 0), (run.slopes, len(run.slopes.dims) - 3)]:
+        if tensor is None:
+            continue
+        values = numpy_helper.to_array(tensor)
+        widths = [(0, 0)] * values.ndim
+        widths[axis] = (0, wide - run.channels)
+        tensor.CopyFrom(numpy_helper.from_array(np.pad(values, widths), tensor.name))
+    kept = run.pool.output[0]
+    run.pool.output[0] = f"{kept}/filled_blocks"
+    bounds = [
+        numpy_helper.from_array(np.array(values, np.int64), f"{kept}/keep_channels_{part}")
+        for part, values in (("start", [0]), ("end", [run.channels]), ("axis", [1]))
+    ]
+    graph.initializer.extend(bounds)
+    return helper.make_node(
+        "Slice", [run.pool.output[0], *(bound.name for bound in bounds)], [kept], name=f"{kept}/keep_channels"
+    )
 
 
 def _attributes(node: Any) -> dict[str, Any]:
