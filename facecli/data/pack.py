@@ -526,6 +526,48 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
                 advance: Callable[[int], None] = lambda n: None) -> PackResult:
     """Concatenate the ``--shard I/N`` parts in ``out`` into the final dataset (keys renumbered, layout finished)."""
     out = Path(out)
+    parts = _find_parts(out, name)
+    metas = _part_metas(parts)
+    first = metas[0]
+    result0 = first["result"]
+    num_classes = result0["num_classes"]
+    remove_stale_temporaries(out, name)
+    writer = DatasetWriter(out, name, layout_out, sidecar_path(out / f"{name}.rec", RECORDS_CSV).name)
+    labels: list[tuple[int, str, int]] = []
+    statuses: Counter = Counter()
+    skipped: list[dict] = []
+    try:
+        for i, (part, meta) in enumerate(zip(parts, metas, strict=True)):
+            labels.extend(tuple(x) for x in meta["identities"])
+            statuses.update(meta["result"]["statuses"])
+            skipped.extend(meta["result"]["skipped"])
+            _copy_part(writer, part, part.with_name(f"{part_name(name, i, len(parts))}.records.csv"), advance)
+        hashes = writer.close(num_classes)
+    except BaseException:
+        writer.abort()
+        raise
+    size = result0["image_size"]
+    result = PackResult(
+        out=out,
+        files=_file_entries(out, hashes),
+        num_classes=num_classes,
+        num_images=sum(writer.counts),
+        image_size=tuple(size) if size else None,
+        layout_out=layout_out,
+        statuses=dict(sorted(statuses.items())),
+        skipped=skipped,
+        dropped_identities=result0["dropped_identities"],
+    )
+    _finish(out, name, result, labels, {"source": first["source"], "settings": first["settings"]})
+    for i in range(len(parts)):
+        for suffix in (".rec", ".idx", ".json", ".records.csv"):
+            (out / (part_name(name, i, len(parts)) + suffix)).unlink(missing_ok=True)
+    return result
+
+
+def _find_parts(out: Path, name: str) -> list[Path]:
+    """The record files of every part of the pack ``name`` in ``out``, in shard order, all of one ``--shard`` count
+    and none missing."""
     parts: dict[int, Path] = {}
     counts = set()
     for path in sorted(out.glob(f"{name}.part-*-of-*.rec")):
@@ -541,58 +583,33 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
     missing = [i for i in range(total) if i not in parts]
     if missing:
         raise UsageError(f"cannot merge: shard(s) {', '.join(map(str, missing))} of {total} are missing in {out}")
-    metas = [_part_meta(parts[i].with_suffix(".json")) for i in range(total)]
+    return [parts[i] for i in range(total)]
+
+
+def _part_metas(parts: list[Path]) -> list[dict]:
+    """Each part's description (:func:`_part_meta`), checked to come from one source packed with one set of
+    options."""
+    metas = [_part_meta(part.with_suffix(".json")) for part in parts]
     first = metas[0]
-    result0 = first["result"]
     for meta in metas[1:]:
         if meta["settings"] != first["settings"] or meta["source"] != first["source"]:
             raise UsageError("cannot merge: the parts were packed from different sources or with different options")
-    num_classes = result0["num_classes"]
-    remove_stale_temporaries(out, name)
-    writer = DatasetWriter(out, name, layout_out, sidecar_path(out / f"{name}.rec", RECORDS_CSV).name)
-    labels: list[tuple[int, str, int]] = []
-    statuses: Counter = Counter()
-    skipped: list[dict] = []
-    try:
-        for i in range(total):
-            meta = metas[i]
-            labels.extend(tuple(x) for x in meta["identities"])
-            statuses.update(meta["result"]["statuses"])
-            skipped.extend(meta["result"]["skipped"])
-            reader = RecordReader(parts[i])
-            with open(parts[i].with_name(f"{part_name(name, i, total)}.records.csv"), newline="", encoding="utf-8") as fh:
-                rows = csv.DictReader(fh)
-                for (_offset, record), row in zip(reader.scan(), rows):
-                    header, payload = unpack(record)
-                    if not {"identity", "path", "source"} <= row.keys():
-                        raise CorruptFileError(f"{fh.name}: line {rows.line_num}: expected the columns "
-                                               "key,label,identity,path,source")
-                    writer.add(int(header.label), payload, row["identity"], row["path"], row["source"])
-                    advance(1)
-            reader.close()
-        hashes = writer.close(num_classes)
-    except BaseException:
-        writer.abort()
-        raise
-    files = {fname: {"size": (out / fname).stat().st_size, "sha256": sha} for fname, sha in hashes.items()}
-    size = result0["image_size"]
-    result = PackResult(
-        out=out,
-        files=files,
-        num_classes=num_classes,
-        num_images=sum(writer.counts),
-        image_size=tuple(size) if size else None,
-        layout_out=layout_out,
-        statuses=dict(sorted(statuses.items())),
-        skipped=skipped,
-        dropped_identities=result0["dropped_identities"],
-    )
-    _finish(out, name, result, labels, {"source": first["source"], "settings": first["settings"]})
-    for i in range(total):
-        for suffix in (".rec", ".idx", ".json", ".records.csv"):
-            path = out / (part_name(name, i, total) + suffix)
-            path.unlink(missing_ok=True)
-    return result
+    return metas
+
+
+def _copy_part(writer: DatasetWriter, part: Path, records_csv: Path, advance: Callable[[int], None]) -> None:
+    """Append one part's image records to ``writer`` (new keys), each with its ``records.csv`` row."""
+    reader = RecordReader(part)
+    with open(records_csv, newline="", encoding="utf-8") as fh:
+        rows = csv.DictReader(fh)
+        for (_offset, record), row in zip(reader.scan(), rows, strict=False):  # the shorter of the two ends the part
+            header, payload = unpack(record)
+            if not {"identity", "path", "source"} <= row.keys():
+                raise CorruptFileError(f"{fh.name}: line {rows.line_num}: expected the columns "
+                                       "key,label,identity,path,source")
+            writer.add(int(header.label), payload, row["identity"], row["path"], row["source"])
+            advance(1)
+    reader.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
