@@ -833,30 +833,57 @@ def align_folder(
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     options = AlignOptions(
-        size=int(size),
-        select=select,
-        min_face=float(min_face),
-        min_score=float(min_score),
-        fmt=fmt.lower().replace("jpeg", "jpg"),
-        quality=int(quality),
-        max_pixels=int(max_pixels),
-        detector=detector,
-        detector_options=dict(detector_options or {}),
-        assume_aligned=assume_aligned,
+        size=int(size), select=select, min_face=float(min_face), min_score=float(min_score),
+        fmt=fmt.lower().replace("jpeg", "jpg"), quality=int(quality), max_pixels=int(max_pixels), detector=detector,
+        detector_options=dict(detector_options or {}), assume_aligned=assume_aligned,
         landmarks=read_landmarks_csv(Path(landmarks), source_folder) if landmarks is not None else None,
     )
     options.validate()
     started = time.perf_counter()
+    run = _plan_run(source_folder, target, options, (shard_index, num_shards), overwrite)
+    workers, executor = _start_workers(workers, run.todo, source_folder)
+    progress = progress or (lambda total: contextlib.nullcontext(lambda n=1: None))
+    with progress(len(run.jobs)) as advance:
+        advance(len(run.jobs) - len(run.todo))
+        processed, cpu_seconds = _align_all(target, run.manifest_path, run.rows, run.todo, options, executor,
+                                            run.fingerprints, advance)
+    elapsed = time.perf_counter() - started
+    return _summary(source_folder, target, run, workers, processed, cpu_seconds, elapsed)
+
+
+@dataclass
+class _Run:
+    """What one run does: its shard's files, those still to do, the rows of those kept from earlier runs (the new
+    rows are added as files finish) and where its manifest goes."""
+
+    shard: tuple[int, int]  # (index, count)
+    jobs: list[Job]
+    todo: list[Job]
+    rows: list[dict[str, Any]]
+    stale: int  # files redone because their crops were made with other settings
+    fingerprints: dict[str, str]  # source → the settings fingerprint its rows record
+    manifest_path: Path
+    ignored: int  # files under RAW that are not images
+    unlisted: list[str]  # folders that could not be listed, with why
+
+
+def _plan_run(source_folder: Folder, target: Folder, options: AlignOptions, shard: tuple[int, int],
+              overwrite: bool) -> _Run:
+    """List RAW, take the shard's files, create OUT and find what earlier runs already did (:func:`_resume`)."""
     all_jobs, ignored, unlisted = plan_jobs(source_folder)
-    jobs = all_jobs[shard_index::num_shards]
+    jobs = all_jobs[shard[0] :: shard[1]]
     _make_out(target)
-    manifest_path = _manifest_path(target, manifest_name(shard_index, num_shards))
+    manifest_path = _manifest_path(target, manifest_name(*shard))
     previous = _previous_rows(target, list(dict.fromkeys([MANIFEST_NAME, manifest_path.name])))
     run_fingerprint = options.fingerprint()
     fingerprints = {job.source: options.file_fingerprint(run_fingerprint, job.source) for job in jobs}
-
     rows, todo, stale = _resume(target, jobs, previous, fingerprints, overwrite)
+    return _Run(shard, jobs, todo, rows, stale, fingerprints, manifest_path, ignored, unlisted)
 
+
+def _start_workers(workers: int | None, todo: list[Job], source_folder: Folder) -> tuple[int, Executor]:
+    """The number of processes (``workers``, default :func:`auto_workers`) and the executor they run in: a pool
+    only with two or more processes and files to share them."""
     workers = workers or auto_workers(todo)
     if isinstance(source_folder, RemoteFolder) and in_one_process(source_folder.fs):
         workers = 1  # worker processes would not see this process's memory:// files
@@ -866,28 +893,28 @@ def align_folder(
     executor = Executor(workers if pooled else 1, preload=[__name__, "onnx", "onnxruntime"])
     if pooled:
         import pandas  # noqa: F401
+    return workers, executor
 
-    progress = progress or (lambda total: contextlib.nullcontext(lambda n=1: None))
-    with progress(len(jobs)) as advance:
-        advance(len(jobs) - len(todo))
-        processed, cpu_seconds = _align_all(target, manifest_path, rows, todo, options, executor, fingerprints, advance)
 
-    elapsed = time.perf_counter() - started
-    counts = status_counts(rows)
+def _summary(source_folder: Folder, target: Folder, run: _Run, workers: int, processed: int, cpu_seconds: float,
+             elapsed: float) -> dict[str, Any]:
+    """The run summary :func:`align_folder` returns (what the CLI shows and ``--json`` prints)."""
+    counts = status_counts(run.rows)
     problems = {k: v for k, v in counts.items() if k not in WRITTEN_STATUSES}
+    manifest = run.manifest_path
     return {
         "raw": _shown(source_folder),
         "out": _shown(target),
-        "manifest": target.url_of(manifest_path.name) if isinstance(target, RemoteFolder) else text_name(manifest_path),
-        "shard": f"{shard_index}/{num_shards}",
+        "manifest": target.url_of(manifest.name) if isinstance(target, RemoteFolder) else text_name(manifest),
+        "shard": f"{run.shard[0]}/{run.shard[1]}",
         "workers": workers,
-        "files": len(jobs),
+        "files": len(run.jobs),
         "processed": processed,
-        "skipped_existing": len(jobs) - len(todo),
-        "stale_redone": stale,
-        "crops_written": sum(1 for row in rows if row["status"] == "ok"),
-        "other_files_ignored": ignored,
-        "folders_unlisted": unlisted,
+        "skipped_existing": len(run.jobs) - len(run.todo),
+        "stale_redone": run.stale,
+        "crops_written": sum(1 for row in run.rows if row["status"] == "ok"),
+        "other_files_ignored": run.ignored,
+        "folders_unlisted": run.unlisted,
         "counts": counts,
         "warnings": sum(problems.values()),
         "seconds": round(elapsed, 3),
