@@ -428,10 +428,17 @@ def _load(job: Job, max_pixels: int) -> LoadedImage:
     return load_image(job.path, max_pixels)
 
 
+class _NoCrop(Exception):
+    """A file that yields no crop, raised on the way to its crops: the status and reason its row records."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> FileResult:
     """Everything for one input file; never raises for a bad image (the row says what happened)."""
-    import cv2
-
     start = time.perf_counter()
     try:
         loaded = _load(job, options.max_pixels)
@@ -441,42 +448,12 @@ def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> 
     notes = "; ".join(loaded.notes)
     size_info = {"width": rgb.shape[1], "height": rgb.shape[0]}
     if options.assume_aligned:
-        shrink = rgb.shape[0] > options.size or rgb.shape[1] > options.size
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        crop = cv2.resize(rgb, (options.size, options.size), interpolation=interpolation)
-        name = job.output(options.fmt, None)
-        reason = "; ".join(filter(None, ["assumed aligned, resized", notes]))
-        row = _row(job, "ok", reason, **size_info, seconds=time.perf_counter() - start)
-        row.update(output=name, face=0)
-        return FileResult([row], [(name, encode_image(crop, options.fmt, options.quality))])
-    if options.landmarks is not None:
-        given = options.landmarks.get(job.source)
-        if not given:
-            row = _row(job, "no_landmarks", "not listed in the --landmarks file", **size_info)
-            row["seconds"] = time.perf_counter() - start
-            return FileResult([row], [])
-        faces = [face for face in _faces_from_landmarks(given) if np.all(np.isfinite(face.landmarks))]
-        if not faces:
-            row = _row(job, "bad_landmarks", "landmarks contain NaN or infinity", **size_info)
-            row["seconds"] = time.perf_counter() - start
-            return FileResult([row], [])
-    else:
-        assert detector is not None  # the callers build one whenever no --landmarks file is given
-        faces = detector.detect(rgb)
-    chosen = select_faces(faces, rgb.shape, options.select, options.min_face, options.min_score)
-    if not chosen.faces:
-        reason = "; ".join(filter(None, [chosen.reason, notes]))
-        return FileResult([_row(job, chosen.status, reason, **size_info, seconds=time.perf_counter() - start)], [])
-    usable, problems = [], []
-    for face in chosen.faces:
-        matrix, problem = _crop_matrix(face.landmarks, options.size)
-        if matrix is None:
-            problems.append(problem)
-        else:
-            usable.append((face, matrix))
-    if not usable:
-        reason = "; ".join(filter(None, [problems[0], notes]))
-        return FileResult([_row(job, "bad_landmarks", reason, **size_info, seconds=time.perf_counter() - start)], [])
+        return _resized(job, rgb, options, notes, size_info, start)
+    try:
+        usable = _usable_faces(job, rgb, options, detector, notes)
+    except _NoCrop as no_crop:
+        row = _row(job, no_crop.status, no_crop.reason, **size_info, seconds=time.perf_counter() - start)
+        return FileResult([row], [])
     rows, files = [], []
     for index, (face, matrix) in enumerate(usable):
         crop = warp(rgb, matrix, options.size)
@@ -489,6 +466,56 @@ def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> 
     for row in rows:
         row["seconds"] = elapsed
     return FileResult(rows, files)
+
+
+def _resized(job: Job, rgb: np.ndarray, options: AlignOptions, notes: str, size_info: dict[str, int],
+             start: float) -> FileResult:
+    """``--assume-aligned``: the whole image is the face, only resized to the crop size."""
+    import cv2
+
+    shrink = rgb.shape[0] > options.size or rgb.shape[1] > options.size
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    crop = cv2.resize(rgb, (options.size, options.size), interpolation=interpolation)
+    name = job.output(options.fmt, None)
+    reason = "; ".join(filter(None, ["assumed aligned, resized", notes]))
+    row = _row(job, "ok", reason, **size_info, seconds=time.perf_counter() - start)
+    row.update(output=name, face=0)
+    return FileResult([row], [(name, encode_image(crop, options.fmt, options.quality))])
+
+
+def _usable_faces(job: Job, rgb: np.ndarray, options: AlignOptions, detector: Detector | None,
+                  notes: str) -> list[tuple[Face, np.ndarray]]:
+    """The faces to crop (given or detected, then :func:`select_faces`) with their warp matrices; raises
+    :class:`_NoCrop` when none is left, with why."""
+    if options.landmarks is not None:
+        faces = _given_faces(job, options.landmarks)
+    else:
+        assert detector is not None  # the callers build one whenever no --landmarks file is given
+        faces = detector.detect(rgb)
+    chosen = select_faces(faces, rgb.shape, options.select, options.min_face, options.min_score)
+    if not chosen.faces:
+        raise _NoCrop(chosen.status, "; ".join(filter(None, [chosen.reason, notes])))
+    usable, problems = [], []
+    for face in chosen.faces:
+        matrix, problem = _crop_matrix(face.landmarks, options.size)
+        if matrix is None:
+            problems.append(problem)
+        else:
+            usable.append((face, matrix))
+    if not usable:
+        raise _NoCrop("bad_landmarks", "; ".join(filter(None, [problems[0], notes])))
+    return usable
+
+
+def _given_faces(job: Job, landmarks: dict[str, list[np.ndarray]]) -> list[Face]:
+    """The faces ``--landmarks`` gives for this file, those with finite points; :class:`_NoCrop` when none."""
+    given = landmarks.get(job.source)
+    if not given:
+        raise _NoCrop("no_landmarks", "not listed in the --landmarks file")
+    faces = [face for face in _faces_from_landmarks(given) if np.all(np.isfinite(face.landmarks))]
+    if not faces:
+        raise _NoCrop("bad_landmarks", "landmarks contain NaN or infinity")
+    return faces
 
 
 # ---------------------------------------------------------------------------------------------- resume
