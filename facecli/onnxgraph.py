@@ -85,59 +85,81 @@ def rewrite_prelu(graph: Any) -> int:
     on the model first) takes the depthwise form of the module docstring. Any other ``PRelu`` with constant
     float32 slopes (after a dense layer, say) becomes ``Relu(x) + Min(x, 0) * s``, also exact: one of the two
     terms is always an exact zero. ``PRelu`` nodes with computed slopes are left as they are."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     constants = constant_tensors(graph)
     ranks = known_ranks(graph)
     names = {name for node in graph.node for name in node.output} | {t.name for t in graph.initializer}
-    minus_one: dict[int, str] = {}
+    minus_one: dict[int, str] = {}  # channel count → its constant of -1 weights, shared by all PRelus that wide
     nodes, count = [], 0
     for node in graph.node:
         slope_tensor = constants.get(node.input[1]) if node.op_type == "PRelu" else None
         if slope_tensor is None or slope_tensor.data_type != TensorProto.FLOAT:
             nodes.append(node)
             continue
-        x, y = node.input[0], node.output[0]
-        prefix = f"{node.name or y}/prelu_rewrite"
-        while any(name.startswith(prefix) for name in names):
-            prefix += "_"
-        names.add(prefix)
+        prefix = _unused_prefix(names, f"{node.name or node.output[0]}/prelu_rewrite")
         count += 1
-        slopes = per_channel_slopes(slope_tensor) if ranks.get(x) == 4 else None
+        slopes = per_channel_slopes(slope_tensor) if ranks.get(node.input[0]) == 4 else None
         if slopes is None:
-            if "prelu_rewrite_zero" not in names:
-                names.add("prelu_rewrite_zero")
-                graph.initializer.append(numpy_helper.from_array(np.array(0, np.float32), "prelu_rewrite_zero"))
-            nodes += [
-                helper.make_node("Relu", [x], [f"{prefix}/positive"], name=f"{prefix}/relu"),
-                helper.make_node("Min", [x, "prelu_rewrite_zero"], [f"{prefix}/nonpositive"], name=f"{prefix}/min"),
-                helper.make_node("Mul", [f"{prefix}/nonpositive", node.input[1]], [f"{prefix}/negative"],
-                                 name=f"{prefix}/scale"),
-                helper.make_node("Add", [f"{prefix}/positive", f"{prefix}/negative"], [y], name=f"{prefix}/add"),
-            ]
-            continue
-        channels = len(slopes)
-        if channels not in minus_one:
-            minus_one[channels] = f"prelu_rewrite_minus_one_{channels}"
-            graph.initializer.append(
-                numpy_helper.from_array(np.full((channels, 1, 1, 1), -1, np.float32), minus_one[channels])
-            )
-        graph.initializer.append(numpy_helper.from_array(-slopes.reshape(channels, 1, 1, 1), f"{prefix}/minus_slope"))
-        depthwise: dict[str, Any] = {"group": channels, "kernel_shape": [1, 1]}
-        nodes += [
-            helper.make_node("Relu", [x], [f"{prefix}/positive"], name=f"{prefix}/relu"),
-            helper.make_node("Conv", [x, minus_one[channels]], [f"{prefix}/negated"], name=f"{prefix}/negate",
-                             **depthwise),
-            helper.make_node("Relu", [f"{prefix}/negated"], [f"{prefix}/magnitude"], name=f"{prefix}/relu_negated"),
-            helper.make_node(
-                "Conv", [f"{prefix}/magnitude", f"{prefix}/minus_slope"], [f"{prefix}/negative"],
-                name=f"{prefix}/scale", **depthwise,
-            ),
-            helper.make_node("Add", [f"{prefix}/positive", f"{prefix}/negative"], [y], name=f"{prefix}/add"),
-        ]
+            nodes += _prelu_by_min(graph, node, prefix, names)
+        else:
+            nodes += _prelu_by_depthwise(graph, node, prefix, slopes, minus_one)
     del graph.node[:]
     graph.node.extend(nodes)
     return count
+
+
+def _unused_prefix(names: set[str], prefix: str) -> str:
+    """``prefix``, lengthened with ``_`` until no name of the graph starts with it; recorded in ``names``."""
+    while any(name.startswith(prefix) for name in names):
+        prefix += "_"
+    names.add(prefix)
+    return prefix
+
+
+def _prelu_by_min(graph: Any, node: Any, prefix: str, names: set[str]) -> list[Any]:
+    """``Relu(x) + Min(x, 0) * s``: the form for a ``PRelu`` not known to be per channel of a 4-D tensor."""
+    from onnx import helper, numpy_helper
+
+    if "prelu_rewrite_zero" not in names:
+        names.add("prelu_rewrite_zero")
+        graph.initializer.append(numpy_helper.from_array(np.array(0, np.float32), "prelu_rewrite_zero"))
+    x, y = node.input[0], node.output[0]
+    return [
+        helper.make_node("Relu", [x], [f"{prefix}/positive"], name=f"{prefix}/relu"),
+        helper.make_node("Min", [x, "prelu_rewrite_zero"], [f"{prefix}/nonpositive"], name=f"{prefix}/min"),
+        helper.make_node("Mul", [f"{prefix}/nonpositive", node.input[1]], [f"{prefix}/negative"],
+                         name=f"{prefix}/scale"),
+        helper.make_node("Add", [f"{prefix}/positive", f"{prefix}/negative"], [y], name=f"{prefix}/add"),
+    ]
+
+
+def _prelu_by_depthwise(graph: Any, node: Any, prefix: str, slopes: np.ndarray, minus_one: dict[int, str],
+                        ) -> list[Any]:
+    """``Relu(x) + DepthwiseConv1x1(Relu(DepthwiseConv1x1(x, -1)), -s)``, the module docstring's form for a
+    per-channel ``PRelu`` of a 4-D tensor; the -1 weights are shared between layers of one width."""
+    from onnx import helper, numpy_helper
+
+    channels = len(slopes)
+    if channels not in minus_one:
+        minus_one[channels] = f"prelu_rewrite_minus_one_{channels}"
+        graph.initializer.append(
+            numpy_helper.from_array(np.full((channels, 1, 1, 1), -1, np.float32), minus_one[channels])
+        )
+    graph.initializer.append(numpy_helper.from_array(-slopes.reshape(channels, 1, 1, 1), f"{prefix}/minus_slope"))
+    depthwise: dict[str, Any] = {"group": channels, "kernel_shape": [1, 1]}
+    x, y = node.input[0], node.output[0]
+    return [
+        helper.make_node("Relu", [x], [f"{prefix}/positive"], name=f"{prefix}/relu"),
+        helper.make_node("Conv", [x, minus_one[channels]], [f"{prefix}/negated"], name=f"{prefix}/negate",
+                         **depthwise),
+        helper.make_node("Relu", [f"{prefix}/negated"], [f"{prefix}/magnitude"], name=f"{prefix}/relu_negated"),
+        helper.make_node(
+            "Conv", [f"{prefix}/magnitude", f"{prefix}/minus_slope"], [f"{prefix}/negative"],
+            name=f"{prefix}/scale", **depthwise,
+        ),
+        helper.make_node("Add", [f"{prefix}/positive", f"{prefix}/negative"], [y], name=f"{prefix}/add"),
+    ]
 
 
 class _Readers:
