@@ -428,10 +428,17 @@ def _load(job: Job, max_pixels: int) -> LoadedImage:
     return load_image(job.path, max_pixels)
 
 
+class _NoCrop(Exception):
+    """A file that yields no crop, raised on the way to its crops: the status and reason its row records."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> FileResult:
     """Everything for one input file; never raises for a bad image (the row says what happened)."""
-    import cv2
-
     start = time.perf_counter()
     try:
         loaded = _load(job, options.max_pixels)
@@ -441,42 +448,12 @@ def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> 
     notes = "; ".join(loaded.notes)
     size_info = {"width": rgb.shape[1], "height": rgb.shape[0]}
     if options.assume_aligned:
-        shrink = rgb.shape[0] > options.size or rgb.shape[1] > options.size
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        crop = cv2.resize(rgb, (options.size, options.size), interpolation=interpolation)
-        name = job.output(options.fmt, None)
-        reason = "; ".join(filter(None, ["assumed aligned, resized", notes]))
-        row = _row(job, "ok", reason, **size_info, seconds=time.perf_counter() - start)
-        row.update(output=name, face=0)
-        return FileResult([row], [(name, encode_image(crop, options.fmt, options.quality))])
-    if options.landmarks is not None:
-        given = options.landmarks.get(job.source)
-        if not given:
-            row = _row(job, "no_landmarks", "not listed in the --landmarks file", **size_info)
-            row["seconds"] = time.perf_counter() - start
-            return FileResult([row], [])
-        faces = [face for face in _faces_from_landmarks(given) if np.all(np.isfinite(face.landmarks))]
-        if not faces:
-            row = _row(job, "bad_landmarks", "landmarks contain NaN or infinity", **size_info)
-            row["seconds"] = time.perf_counter() - start
-            return FileResult([row], [])
-    else:
-        assert detector is not None  # the callers build one whenever no --landmarks file is given
-        faces = detector.detect(rgb)
-    chosen = select_faces(faces, rgb.shape, options.select, options.min_face, options.min_score)
-    if not chosen.faces:
-        reason = "; ".join(filter(None, [chosen.reason, notes]))
-        return FileResult([_row(job, chosen.status, reason, **size_info, seconds=time.perf_counter() - start)], [])
-    usable, problems = [], []
-    for face in chosen.faces:
-        matrix, problem = _crop_matrix(face.landmarks, options.size)
-        if matrix is None:
-            problems.append(problem)
-        else:
-            usable.append((face, matrix))
-    if not usable:
-        reason = "; ".join(filter(None, [problems[0], notes]))
-        return FileResult([_row(job, "bad_landmarks", reason, **size_info, seconds=time.perf_counter() - start)], [])
+        return _resized(job, rgb, options, notes, size_info, start)
+    try:
+        usable = _usable_faces(job, rgb, options, detector, notes)
+    except _NoCrop as no_crop:
+        row = _row(job, no_crop.status, no_crop.reason, **size_info, seconds=time.perf_counter() - start)
+        return FileResult([row], [])
     rows, files = [], []
     for index, (face, matrix) in enumerate(usable):
         crop = warp(rgb, matrix, options.size)
@@ -489,6 +466,56 @@ def process_file(job: Job, options: AlignOptions, detector: Detector | None) -> 
     for row in rows:
         row["seconds"] = elapsed
     return FileResult(rows, files)
+
+
+def _resized(job: Job, rgb: np.ndarray, options: AlignOptions, notes: str, size_info: dict[str, int],
+             start: float) -> FileResult:
+    """``--assume-aligned``: the whole image is the face, only resized to the crop size."""
+    import cv2
+
+    shrink = rgb.shape[0] > options.size or rgb.shape[1] > options.size
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    crop = cv2.resize(rgb, (options.size, options.size), interpolation=interpolation)
+    name = job.output(options.fmt, None)
+    reason = "; ".join(filter(None, ["assumed aligned, resized", notes]))
+    row = _row(job, "ok", reason, **size_info, seconds=time.perf_counter() - start)
+    row.update(output=name, face=0)
+    return FileResult([row], [(name, encode_image(crop, options.fmt, options.quality))])
+
+
+def _usable_faces(job: Job, rgb: np.ndarray, options: AlignOptions, detector: Detector | None,
+                  notes: str) -> list[tuple[Face, np.ndarray]]:
+    """The faces to crop (given or detected, then :func:`select_faces`) with their warp matrices; raises
+    :class:`_NoCrop` when none is left, with why."""
+    if options.landmarks is not None:
+        faces = _given_faces(job, options.landmarks)
+    else:
+        assert detector is not None  # the callers build one whenever no --landmarks file is given
+        faces = detector.detect(rgb)
+    chosen = select_faces(faces, rgb.shape, options.select, options.min_face, options.min_score)
+    if not chosen.faces:
+        raise _NoCrop(chosen.status, "; ".join(filter(None, [chosen.reason, notes])))
+    usable, problems = [], []
+    for face in chosen.faces:
+        matrix, problem = _crop_matrix(face.landmarks, options.size)
+        if matrix is None:
+            problems.append(problem)
+        else:
+            usable.append((face, matrix))
+    if not usable:
+        raise _NoCrop("bad_landmarks", "; ".join(filter(None, [problems[0], notes])))
+    return usable
+
+
+def _given_faces(job: Job, landmarks: dict[str, list[np.ndarray]]) -> list[Face]:
+    """The faces ``--landmarks`` gives for this file, those with finite points; :class:`_NoCrop` when none."""
+    given = landmarks.get(job.source)
+    if not given:
+        raise _NoCrop("no_landmarks", "not listed in the --landmarks file")
+    faces = [face for face in _faces_from_landmarks(given) if np.all(np.isfinite(face.landmarks))]
+    if not faces:
+        raise _NoCrop("bad_landmarks", "landmarks contain NaN or infinity")
+    return faces
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -833,30 +860,57 @@ def align_folder(
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     options = AlignOptions(
-        size=int(size),
-        select=select,
-        min_face=float(min_face),
-        min_score=float(min_score),
-        fmt=fmt.lower().replace("jpeg", "jpg"),
-        quality=int(quality),
-        max_pixels=int(max_pixels),
-        detector=detector,
-        detector_options=dict(detector_options or {}),
-        assume_aligned=assume_aligned,
+        size=int(size), select=select, min_face=float(min_face), min_score=float(min_score),
+        fmt=fmt.lower().replace("jpeg", "jpg"), quality=int(quality), max_pixels=int(max_pixels), detector=detector,
+        detector_options=dict(detector_options or {}), assume_aligned=assume_aligned,
         landmarks=read_landmarks_csv(Path(landmarks), source_folder) if landmarks is not None else None,
     )
     options.validate()
     started = time.perf_counter()
+    run = _plan_run(source_folder, target, options, (shard_index, num_shards), overwrite)
+    workers, executor = _start_workers(workers, run.todo, source_folder)
+    progress = progress or (lambda total: contextlib.nullcontext(lambda n=1: None))
+    with progress(len(run.jobs)) as advance:
+        advance(len(run.jobs) - len(run.todo))
+        processed, cpu_seconds = _align_all(target, run.manifest_path, run.rows, run.todo, options, executor,
+                                            run.fingerprints, advance)
+    elapsed = time.perf_counter() - started
+    return _summary(source_folder, target, run, workers, processed, cpu_seconds, elapsed)
+
+
+@dataclass
+class _Run:
+    """What one run does: its shard's files, those still to do, the rows of those kept from earlier runs (the new
+    rows are added as files finish) and where its manifest goes."""
+
+    shard: tuple[int, int]  # (index, count)
+    jobs: list[Job]
+    todo: list[Job]
+    rows: list[dict[str, Any]]
+    stale: int  # files redone because their crops were made with other settings
+    fingerprints: dict[str, str]  # source → the settings fingerprint its rows record
+    manifest_path: Path
+    ignored: int  # files under RAW that are not images
+    unlisted: list[str]  # folders that could not be listed, with why
+
+
+def _plan_run(source_folder: Folder, target: Folder, options: AlignOptions, shard: tuple[int, int],
+              overwrite: bool) -> _Run:
+    """List RAW, take the shard's files, create OUT and find what earlier runs already did (:func:`_resume`)."""
     all_jobs, ignored, unlisted = plan_jobs(source_folder)
-    jobs = all_jobs[shard_index::num_shards]
+    jobs = all_jobs[shard[0] :: shard[1]]
     _make_out(target)
-    manifest_path = _manifest_path(target, manifest_name(shard_index, num_shards))
+    manifest_path = _manifest_path(target, manifest_name(*shard))
     previous = _previous_rows(target, list(dict.fromkeys([MANIFEST_NAME, manifest_path.name])))
     run_fingerprint = options.fingerprint()
     fingerprints = {job.source: options.file_fingerprint(run_fingerprint, job.source) for job in jobs}
-
     rows, todo, stale = _resume(target, jobs, previous, fingerprints, overwrite)
+    return _Run(shard, jobs, todo, rows, stale, fingerprints, manifest_path, ignored, unlisted)
 
+
+def _start_workers(workers: int | None, todo: list[Job], source_folder: Folder) -> tuple[int, Executor]:
+    """The number of processes (``workers``, default :func:`auto_workers`) and the executor they run in: a pool
+    only with two or more processes and files to share them."""
     workers = workers or auto_workers(todo)
     if isinstance(source_folder, RemoteFolder) and in_one_process(source_folder.fs):
         workers = 1  # worker processes would not see this process's memory:// files
@@ -866,28 +920,28 @@ def align_folder(
     executor = Executor(workers if pooled else 1, preload=[__name__, "onnx", "onnxruntime"])
     if pooled:
         import pandas  # noqa: F401
+    return workers, executor
 
-    progress = progress or (lambda total: contextlib.nullcontext(lambda n=1: None))
-    with progress(len(jobs)) as advance:
-        advance(len(jobs) - len(todo))
-        processed, cpu_seconds = _align_all(target, manifest_path, rows, todo, options, executor, fingerprints, advance)
 
-    elapsed = time.perf_counter() - started
-    counts = status_counts(rows)
+def _summary(source_folder: Folder, target: Folder, run: _Run, workers: int, processed: int, cpu_seconds: float,
+             elapsed: float) -> dict[str, Any]:
+    """The run summary :func:`align_folder` returns (what the CLI shows and ``--json`` prints)."""
+    counts = status_counts(run.rows)
     problems = {k: v for k, v in counts.items() if k not in WRITTEN_STATUSES}
+    manifest = run.manifest_path
     return {
         "raw": _shown(source_folder),
         "out": _shown(target),
-        "manifest": target.url_of(manifest_path.name) if isinstance(target, RemoteFolder) else text_name(manifest_path),
-        "shard": f"{shard_index}/{num_shards}",
+        "manifest": target.url_of(manifest.name) if isinstance(target, RemoteFolder) else text_name(manifest),
+        "shard": f"{run.shard[0]}/{run.shard[1]}",
         "workers": workers,
-        "files": len(jobs),
+        "files": len(run.jobs),
         "processed": processed,
-        "skipped_existing": len(jobs) - len(todo),
-        "stale_redone": stale,
-        "crops_written": sum(1 for row in rows if row["status"] == "ok"),
-        "other_files_ignored": ignored,
-        "folders_unlisted": unlisted,
+        "skipped_existing": len(run.jobs) - len(run.todo),
+        "stale_redone": run.stale,
+        "crops_written": sum(1 for row in run.rows if row["status"] == "ok"),
+        "other_files_ignored": run.ignored,
+        "folders_unlisted": run.unlisted,
         "counts": counts,
         "warnings": sum(problems.values()),
         "seconds": round(elapsed, 3),

@@ -36,9 +36,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from facecli.data.layouts import Identity, Layout, Sample, Selection
-from facecli.data.payloads import Encoding, prepare_many, probe, read_regular_file
+from facecli.data.payloads import Encoding, Prepared, prepare_many, probe, read_regular_file
 from facecli.data.recordio import (
     DEFAULT_REC_NAME,
     RecordReader,
@@ -211,7 +212,8 @@ class DatasetWriter:
         if any(_CSV_QUOTED.search(text) for text in (identity, "".join(rels), "".join(sources))):
             self._records.writerows(zip(keys, itertools.repeat(label), itertools.repeat(identity), rels, sources))
         else:
-            rows = [f"{key},{label},{identity},{rel},{source}\n" for key, rel, source in zip(keys, rels, sources)]
+            rows = [f"{key},{label},{identity},{rel},{source}\n"
+                    for key, rel, source in zip(keys, rels, sources, strict=True)]
             self._records_fh.write("".join(rows))
 
     def close(self, num_classes: int) -> dict[str, str]:
@@ -222,7 +224,8 @@ class DatasetWriter:
             counts = self.counts + [0] * (num_classes - len(self.counts))
             for label, count in enumerate(counts):
                 key = first_identity_key + label
-                self.writer.write(key, pack((0, [start, start + count], key, 0), b""))  # mx.recordio style: a list label
+                # mx.recordio style: a list label
+                self.writer.write(key, pack((0, [start, start + count], key, 0), b""))
                 start += count
             end = first_identity_key + num_classes
             self.writer.write(0, pack((0, [first_identity_key, end], 0, 1), b""))
@@ -301,82 +304,125 @@ def write_pack(
     """
     out = Path(out)
     executor = _executor(options.workers)  # its worker processes' fork server starts now, while the plan is listed
+    todo = _to_write(plan, options)
+    name, layout_out, records_name = _output_names(out, options)
+    if todo.size is None:
+        raise UsageError("nothing to pack: no images selected (or none readable); check the layout and filters")
+    encoding = Encoding(size=todo.size, resize=options.resize is not None, quality=options.quality,
+                        verify=options.verify)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out, name)
+    writer = DatasetWriter(out, name, layout_out, records_name)
+    try:
+        written = _write_images(writer, executor, todo.stream, encoding, advance)
+        num_classes = len(written.identities) if todo.plan.identities is None else todo.plan.num_classes
+        hashes = writer.close(num_classes)
+    except BaseException:
+        writer.abort()
+        raise
+    advance(len(todo.dropped))
+    counts = writer.counts + [0] * (num_classes - len(writer.counts))
+    result = PackResult(
+        out=out,
+        files=_file_entries(out, hashes),
+        num_classes=num_classes,
+        num_images=sum(counts),
+        image_size=todo.size,
+        layout_out=options.layout_out,
+        statuses=dict(sorted(written.statuses.items())),
+        skipped=written.skipped,
+        dropped_identities=len(todo.dropped) if todo.plan.identities is None else todo.plan.dropped_identities,
+        shard=options.shard,
+    )
+    identities = [(p.label, p.name, counts[p.label]) for p in written.identities]
+    _describe(out, name, result, identities, {"source": source, "settings": settings or {}})
+    return result
+
+
+class _ToWrite(NamedTuple):
+    plan: PackPlan  # listed here when sharding a lazy plan
+    stream: Iterator[tuple[PlannedIdentity, list[Sample]]]  # identities in label order with their samples
+    size: tuple[int, int] | None  # the image size the records store
+    dropped: list[str]  # identities a lazy plan drops, named as its stream passes them
+
+
+def _to_write(plan: PackPlan, options: PackOptions) -> _ToWrite:
+    """What this run writes: a lazy plan listed as it streams (its first readable image's size peeked unless
+    ``--resize`` gives one), a listed plan's identities (the shard's only, with ``--shard``)."""
     layout, selection = plan.layout, plan.selection
     if options.shard is not None and plan.identities is None:
         plan = plan_pack(layout, selection, options.resize or plan.image_size)
     dropped: list[str] = []
     if plan.identities is None:
         stream, size = _peek_size(iter_plan(layout, selection, dropped), options.resize or plan.image_size)
-    else:
-        chosen = plan.identities if options.shard is None else plan.shard(*options.shard)
-        size = options.resize or plan.image_size
-        stream = ((p, selection.apply(layout.samples(p.identity))) for p in chosen)
+        return _ToWrite(plan, stream, size, dropped)
+    chosen = plan.identities if options.shard is None else plan.shard(*options.shard)
+    listed = ((p, selection.apply(layout.samples(p.identity))) for p in chosen)
+    return _ToWrite(plan, listed, options.resize or plan.image_size, dropped)
+
+
+def _output_names(out: Path, options: PackOptions) -> tuple[str, str, str]:
+    """The records' base name, output layout and ``records.csv`` name: the pack's own, or for a ``--shard`` part
+    its part name, the flat layout (merging writes the final one) and a records file of its own."""
     if options.shard is None:
-        name, layout_out = options.name, options.layout_out
-        records_name = sidecar_path(out / f"{name}.rec", RECORDS_CSV).name
-    else:
-        name = part_name(options.name, *options.shard)
-        layout_out, records_name = "flat", f"{name}.records.csv"
-    if size is None:
-        raise UsageError("nothing to pack: no images selected (or none readable); check the layout and filters")
-    encoding = Encoding(size=size, resize=options.resize is not None, quality=options.quality, verify=options.verify)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out, name)
-    writer = DatasetWriter(out, name, layout_out, records_name)
-    statuses: Counter = Counter()
-    skipped: list[dict] = []
-    identities: list[PlannedIdentity] = []
+        return options.name, options.layout_out, sidecar_path(out / f"{options.name}.rec", RECORDS_CSV).name
+    name = part_name(options.name, *options.shard)
+    return name, "flat", f"{name}.records.csv"
+
+
+@dataclass
+class _Written:
+    """What the image records came from: identities in label order, each image's status, the skipped images."""
+
+    identities: list[PlannedIdentity] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    skipped: list[dict] = field(default_factory=list)
+
+
+def _write_images(writer: DatasetWriter, executor: Executor, stream: Iterator[tuple[PlannedIdentity, list[Sample]]],
+                  encoding: Encoding, advance: Callable[[int], None]) -> _Written:
+    """Prepare the stream's images in batches (:func:`_track`) on ``executor`` and write each identity's records
+    as its results come back, in input order; ``advance(1)`` as each identity is complete."""
+    written = _Written()
     in_flight: deque = deque()  # each batch's segments (planned, samples, last of the identity), in order
-    try:
-        batches = _track(stream, in_flight, identities)
-        prepare = functools.partial(prepare_many, encoding=encoding)
-        with executor.map(prepare, batches) as prepared:
-            for results in prepared:
-                statuses.update([result.status for result in results])
-                end = 0
-                for planned, samples, last in in_flight.popleft():
-                    start, end = end, end + len(samples)
-                    segment = results[start:end]
-                    if any(r.payload is None for r in segment):  # skipped images: listed, left out of the records
-                        skipped.extend({"path": s.rel, "status": r.status, "reason": r.reason}
-                                       for r, s in zip(segment, samples, strict=True) if r.payload is None)
-                        samples = [s for r, s in zip(segment, samples, strict=True) if r.payload is not None]
-                    payloads = [r.payload for r in segment if r.payload is not None]
-                    writer.add_many(planned.label, planned.name, payloads, [s.rel for s in samples],
-                                    [s.source for s in samples])
-                    if last:
-                        advance(1)
-        num_classes = len(identities) if plan.identities is None else plan.num_classes
-        hashes = writer.close(num_classes)
-    except BaseException:
-        writer.abort()
-        raise
-    advance(len(dropped))
-    counts = writer.counts + [0] * (num_classes - len(writer.counts))
-    files = {fname: {"size": (out / fname).stat().st_size, "sha256": sha} for fname, sha in hashes.items()}
-    result = PackResult(
-        out=out,
-        files=files,
-        num_classes=num_classes,
-        num_images=sum(counts),
-        image_size=size,
-        layout_out=options.layout_out,
-        statuses=dict(sorted(statuses.items())),
-        skipped=skipped,
-        dropped_identities=len(dropped) if plan.identities is None else plan.dropped_identities,
-        shard=options.shard,
-    )
-    meta = {
-        "source": source,
-        "settings": settings or {},
-        "identities": [[p.label, p.name, counts[p.label]] for p in identities],
-    }
-    if options.shard is None:
-        _finish(out, name, result, [(p.label, p.name, counts[p.label]) for p in identities], meta)
-    else:
-        meta["result"] = result.as_dict()
-        atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
-    return result
+    batches = _track(stream, in_flight, written.identities)
+    prepare = functools.partial(prepare_many, encoding=encoding)
+    with executor.map(prepare, batches) as prepared:
+        for results in prepared:
+            written.statuses.update([result.status for result in results])
+            end = 0
+            for planned, samples, last in in_flight.popleft():
+                start, end = end, end + len(samples)
+                _write_segment(writer, written.skipped, planned, samples, results[start:end])
+                if last:
+                    advance(1)
+    return written
+
+
+def _write_segment(writer: DatasetWriter, skipped: list[dict], planned: PlannedIdentity, samples: list[Sample],
+                   results: Sequence[Prepared]) -> None:
+    """One identity's images of a batch: the prepared ones as records, the others listed in ``skipped``."""
+    if any(r.payload is None for r in results):  # skipped images: listed, left out of the records
+        skipped.extend({"path": s.rel, "status": r.status, "reason": r.reason}
+                       for r, s in zip(results, samples, strict=True) if r.payload is None)
+        samples = [s for r, s in zip(results, samples, strict=True) if r.payload is not None]
+    payloads = [r.payload for r in results if r.payload is not None]
+    writer.add_many(planned.label, planned.name, payloads, [s.rel for s in samples], [s.source for s in samples])
+
+
+def _file_entries(out: Path, hashes: dict[str, str]) -> dict[str, dict]:
+    """Size and sha256 of each written file, for ``pack.json`` and the result."""
+    return {fname: {"size": (out / fname).stat().st_size, "sha256": sha} for fname, sha in hashes.items()}
+
+
+def _describe(out: Path, name: str, result: PackResult, identities: list[tuple[int, str, int]], meta: dict) -> None:
+    """A pack's sidecar files (:func:`_finish`), or a ``--shard`` part's ``NAME.part-I-of-N.json``, which merging
+    reads: ``meta`` (source and settings), its identities and its result."""
+    if result.shard is None:
+        _finish(out, name, result, identities, meta)
+        return
+    meta = {**meta, "identities": [list(row) for row in identities], "result": result.as_dict()}
+    atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
 
 
 def _peek_size(stream, resize):
@@ -480,6 +526,48 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
                 advance: Callable[[int], None] = lambda n: None) -> PackResult:
     """Concatenate the ``--shard I/N`` parts in ``out`` into the final dataset (keys renumbered, layout finished)."""
     out = Path(out)
+    parts = _find_parts(out, name)
+    metas = _part_metas(parts)
+    first = metas[0]
+    result0 = first["result"]
+    num_classes = result0["num_classes"]
+    remove_stale_temporaries(out, name)
+    writer = DatasetWriter(out, name, layout_out, sidecar_path(out / f"{name}.rec", RECORDS_CSV).name)
+    labels: list[tuple[int, str, int]] = []
+    statuses: Counter = Counter()
+    skipped: list[dict] = []
+    try:
+        for i, (part, meta) in enumerate(zip(parts, metas, strict=True)):
+            labels.extend(tuple(x) for x in meta["identities"])
+            statuses.update(meta["result"]["statuses"])
+            skipped.extend(meta["result"]["skipped"])
+            _copy_part(writer, part, part.with_name(f"{part_name(name, i, len(parts))}.records.csv"), advance)
+        hashes = writer.close(num_classes)
+    except BaseException:
+        writer.abort()
+        raise
+    size = result0["image_size"]
+    result = PackResult(
+        out=out,
+        files=_file_entries(out, hashes),
+        num_classes=num_classes,
+        num_images=sum(writer.counts),
+        image_size=tuple(size) if size else None,
+        layout_out=layout_out,
+        statuses=dict(sorted(statuses.items())),
+        skipped=skipped,
+        dropped_identities=result0["dropped_identities"],
+    )
+    _finish(out, name, result, labels, {"source": first["source"], "settings": first["settings"]})
+    for i in range(len(parts)):
+        for suffix in (".rec", ".idx", ".json", ".records.csv"):
+            (out / (part_name(name, i, len(parts)) + suffix)).unlink(missing_ok=True)
+    return result
+
+
+def _find_parts(out: Path, name: str) -> list[Path]:
+    """The record files of every part of the pack ``name`` in ``out``, in shard order, all of one ``--shard`` count
+    and none missing."""
     parts: dict[int, Path] = {}
     counts = set()
     for path in sorted(out.glob(f"{name}.part-*-of-*.rec")):
@@ -495,58 +583,33 @@ def merge_parts(out: Path, name: str = REC_NAME, layout_out: str = "ms1m",
     missing = [i for i in range(total) if i not in parts]
     if missing:
         raise UsageError(f"cannot merge: shard(s) {', '.join(map(str, missing))} of {total} are missing in {out}")
-    metas = [_part_meta(parts[i].with_suffix(".json")) for i in range(total)]
+    return [parts[i] for i in range(total)]
+
+
+def _part_metas(parts: list[Path]) -> list[dict]:
+    """Each part's description (:func:`_part_meta`), checked to come from one source packed with one set of
+    options."""
+    metas = [_part_meta(part.with_suffix(".json")) for part in parts]
     first = metas[0]
-    result0 = first["result"]
     for meta in metas[1:]:
         if meta["settings"] != first["settings"] or meta["source"] != first["source"]:
             raise UsageError("cannot merge: the parts were packed from different sources or with different options")
-    num_classes = result0["num_classes"]
-    remove_stale_temporaries(out, name)
-    writer = DatasetWriter(out, name, layout_out, sidecar_path(out / f"{name}.rec", RECORDS_CSV).name)
-    labels: list[tuple[int, str, int]] = []
-    statuses: Counter = Counter()
-    skipped: list[dict] = []
-    try:
-        for i in range(total):
-            meta = metas[i]
-            labels.extend(tuple(x) for x in meta["identities"])
-            statuses.update(meta["result"]["statuses"])
-            skipped.extend(meta["result"]["skipped"])
-            reader = RecordReader(parts[i])
-            with open(parts[i].with_name(f"{part_name(name, i, total)}.records.csv"), newline="", encoding="utf-8") as fh:
-                rows = csv.DictReader(fh)
-                for (_offset, record), row in zip(reader.scan(), rows):
-                    header, payload = unpack(record)
-                    if not {"identity", "path", "source"} <= row.keys():
-                        raise CorruptFileError(f"{fh.name}: line {rows.line_num}: expected the columns "
-                                               "key,label,identity,path,source")
-                    writer.add(int(header.label), payload, row["identity"], row["path"], row["source"])
-                    advance(1)
-            reader.close()
-        hashes = writer.close(num_classes)
-    except BaseException:
-        writer.abort()
-        raise
-    files = {fname: {"size": (out / fname).stat().st_size, "sha256": sha} for fname, sha in hashes.items()}
-    size = result0["image_size"]
-    result = PackResult(
-        out=out,
-        files=files,
-        num_classes=num_classes,
-        num_images=sum(writer.counts),
-        image_size=tuple(size) if size else None,
-        layout_out=layout_out,
-        statuses=dict(sorted(statuses.items())),
-        skipped=skipped,
-        dropped_identities=result0["dropped_identities"],
-    )
-    _finish(out, name, result, labels, {"source": first["source"], "settings": first["settings"]})
-    for i in range(total):
-        for suffix in (".rec", ".idx", ".json", ".records.csv"):
-            path = out / (part_name(name, i, total) + suffix)
-            path.unlink(missing_ok=True)
-    return result
+    return metas
+
+
+def _copy_part(writer: DatasetWriter, part: Path, records_csv: Path, advance: Callable[[int], None]) -> None:
+    """Append one part's image records to ``writer`` (new keys), each with its ``records.csv`` row."""
+    reader = RecordReader(part)
+    with open(records_csv, newline="", encoding="utf-8") as fh:
+        rows = csv.DictReader(fh)
+        for (_offset, record), row in zip(reader.scan(), rows, strict=False):  # the shorter of the two ends the part
+            header, payload = unpack(record)
+            if not {"identity", "path", "source"} <= row.keys():
+                raise CorruptFileError(f"{fh.name}: line {rows.line_num}: expected the columns "
+                                       "key,label,identity,path,source")
+            writer.add(int(header.label), payload, row["identity"], row["path"], row["source"])
+            advance(1)
+    reader.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
