@@ -41,6 +41,7 @@ import itertools
 import os
 import queue
 import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -125,11 +126,22 @@ def _run_task(item: Any) -> Any:
 # ---------------------------------------------------------------------------------------------- in this process
 
 
+def _crash_message() -> str:
+    """Why a worker may have died. Started from a Python script, each worker first imports that script again (as
+    every fork server or spawn start does), so a script that calls facecli at the top level, without
+    ``if __name__ == "__main__":``, kills its workers before they start: the message says so then."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__spec__", None) is None and getattr(main, "__file__", None)
+    why = "killed, or out of memory?"
+    if script:
+        why = f'killed, out of memory, or {script} calls facecli without `if __name__ == "__main__":`?'
+    return f"a worker process ended abruptly ({why}); the run was stopped"
+
+
 def _outcome(value: Any) -> Any:
     """A result, or the exception a task or a dead worker produced, raised here."""
     if isinstance(value, BrokenProcessPool):
-        message = "a worker process ended abruptly (killed, or out of memory?); the run was stopped"
-        raise WorkerCrashed(message) from None
+        raise WorkerCrashed(_crash_message()) from None
     if isinstance(value, BaseException):
         raise value
     return value

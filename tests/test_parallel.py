@@ -153,6 +153,24 @@ def test_a_worker_that_dies_is_one_clear_error():
             list(results)
 
 
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_without_the_main_guard_is_told_why_its_workers_died(tmp_path, guarded):
+    """Workers import the user's script again before they start (fork server), so an unguarded script's workers
+    die; the one-line error names the guard, and the same script with the guard just works."""
+    body = "with Executor(2).map(abs, [-3, -2, -1]) as results:\n    print(list(results))\n"
+    if guarded:
+        body = 'if __name__ == "__main__":\n' + textwrap.indent(body, "    ")
+    script = tmp_path / "user_script.py"
+    script.write_text("from facecli.parallel import Executor\n" + body)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    if guarded:
+        assert (done.returncode, done.stdout) == (0, "[3, 2, 1]\n"), done.stderr[-1500:]
+    else:
+        assert done.returncode == 1
+        assert f'{script} calls facecli without `if __name__ == "__main__":`' in done.stderr.splitlines()[-1]
+
+
 def test_a_consumer_that_stops_early_leaves_no_process_behind():
     with Executor(2).map(_pid, range(1000)) as results:
         pids = {next(results)[0], next(results)[0]}
