@@ -49,6 +49,41 @@ def test_json_is_all_a_pipe_receives(tmp_path, run_cli_process):
     assert (info["kind"], info["identities"], info["images"], info["check"]["images_checked"]) == ("folder", 2, 3, 3)
 
 
+@pytest.mark.parametrize(
+    ("command", "registry"),
+    [(("align",), "facecli.align.detectors:DETECTORS"), (("train",), "facecli.nn.backbones:BACKBONES"),
+     (("train",), "facecli.nn.heads:HEADS"), (("train",), "facecli.train.optimizers:OPTIMIZERS"),
+     (("train",), "facecli.train.schedule:SCHEDULES")],
+)
+def test_help_lists_every_registered_choice(run_cli, command, registry):
+    """Choice lists in --help come from the registries: a new detector, backbone, head, optimiser or schedule is
+    listed without touching the CLI."""
+    import importlib
+    import re
+
+    module, name = registry.split(":")
+    names = getattr(importlib.import_module(module), name).names()
+    res = run_cli(*command, "--help")
+    assert res.returncode == 0
+    text = re.sub(r"[\s│]+", " ", res.stdout)  # rich wraps the help inside a box
+    listed = set(re.findall(r"[\w+-]+", text))
+    assert names and set(names) <= listed, sorted(set(names) - listed)
+
+
+def test_a_plain_start_imports_no_registry_runtime():
+    """The registries behind those help texts import torch and onnxruntime; `facecli --version` and the other
+    commands' start must not wait for them."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "facecli", "--version"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("facecli ")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "facecli.cli.app" in imported
+    assert not imported & {"torch", "onnxruntime", "facecli.align.detectors", "facecli.nn.heads"}
+
+
 def test_registry_builds_and_lists_choices():
     reg: Registry[int] = Registry("widget")
     reg.register("two-plus")(lambda x: x + 2)

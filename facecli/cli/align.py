@@ -14,6 +14,7 @@ from facecli.cli.options import (
     QualityOpt,
     QuietOpt,
     VerboseOpt,
+    registry_help,
     select_option,
     workers_option,
 )
@@ -69,7 +70,7 @@ def align_command(
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", help="Refuse larger images (decompression bombs).")
     ] = 100_000_000,
-    detector: Annotated[str, typer.Option(help="Face detector: mtcnn | scrfd.")] = "mtcnn",
+    detector: Annotated[str, typer.Option(help="Face detector.")] = "mtcnn",
     det_model: Annotated[
         Path | None, typer.Option("--det-model", help="ONNX file for --detector scrfd (SCRFD or RetinaFace).")
     ] = None,
@@ -129,6 +130,12 @@ def _warn_about(ui: UI, summary: dict) -> None:
                 + "; ".join(summary["folders_unlisted"][:5]))
 
 
+def _detector_help() -> str:
+    from facecli.align.detectors import DETECTORS
+
+    return f"Face detector, one of: {', '.join(DETECTORS.names())}."
+
+
 def register(app: typer.Typer) -> None:
     """Add ``facecli align`` to the root app."""
-    app.command("align", help=_HELP)(align_command)
+    app.command("align", help=_HELP, cls=registry_help(detector=_detector_help))(align_command)

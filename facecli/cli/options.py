@@ -10,10 +10,12 @@ has none. An option whose wording must name the command's own file or default (`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperOption
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail (repeat for more).")]
@@ -93,3 +95,25 @@ def workers_option(default: str) -> Any:
 def select_option(choices: str) -> Any:
     """``--select``: which detected face a photo contributes; ``choices`` lists what the command accepts."""
     return typer.Option("--select", help=f"Face to keep per photo: {choices}.")
+
+
+class _RegistryHelpCommand(TyperCommand):
+    """A command whose option help lists a registry's names, read when the help is shown."""
+
+    helps: dict[str, Callable[[], str]] = {}
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:  # click's Context and HelpFormatter (vendored by typer)
+        for param in self.params:
+            if isinstance(param, TyperOption) and param.name in self.helps:
+                param.help = self.helps[param.name]()
+        super().format_help(ctx, formatter)
+
+
+def registry_help(**helps: Callable[[], str]) -> type[TyperCommand]:
+    """The command class (``app.command(cls=...)``) that writes these options' help when ``--help`` is shown.
+
+    Choice lists come from the registries (backbones, heads, detectors), so a new entry is listed without editing
+    the CLI; the registries are filled by importing torch or onnxruntime, which ``facecli --version`` and every
+    other command's start should not wait for, hence the help is made only when asked for.
+    """
+    return type("RegistryHelpCommand", (_RegistryHelpCommand,), {"helps": helps})

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, List, Optional
 
 import typer
-from typer.core import TyperCommand, TyperOption
 
 from facecli.cli.common import UI
-from facecli.cli.options import BgrOpt, JsonOpt, MeanOpt, QuietOpt, StdOpt, VerboseOpt, out_option
+from facecli.cli.options import BgrOpt, JsonOpt, MeanOpt, QuietOpt, StdOpt, VerboseOpt, out_option, registry_help
 from facecli.train.callbacks import Callback
 from facecli.train.optimizers import OPTIMIZERS
 from facecli.train.schedule import SCHEDULES
@@ -23,20 +22,16 @@ BACKBONE_HELP = "Backbone architecture."
 HEAD_HELP = "Margin head or embedding loss (papers and parameters: --list-heads)."
 
 
-class _TrainCommand(TyperCommand):
-    """``train --help`` lists the registered backbones and heads, read from their registries when help is shown:
-    those import torch, which the other commands and a plain start of facecli should not wait for."""
+def _backbone_help() -> str:
+    from facecli.nn.backbones import BACKBONES
 
-    def format_help(self, ctx: Any, formatter: Any) -> None:  # click's Context and HelpFormatter (vendored by typer)
-        from facecli.nn.backbones import BACKBONES
-        from facecli.nn.heads import HEADS
+    return f"{BACKBONE_HELP} One of: {', '.join(BACKBONES.names())}."
 
-        helps = {"backbone": f"{BACKBONE_HELP} One of: {', '.join(BACKBONES.names())}.",
-                 "head": f"{HEAD_HELP} One of: {', '.join(HEADS.names())}."}
-        for param in self.params:
-            if isinstance(param, TyperOption) and param.name in helps:
-                param.help = helps[param.name]
-        super().format_help(ctx, formatter)
+
+def _head_help() -> str:
+    from facecli.nn.heads import HEADS
+
+    return f"{HEAD_HELP} One of: {', '.join(HEADS.names())}."
 
 
 def train(
@@ -223,5 +218,5 @@ def export(
 
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``export`` to the root app."""
-    app.command("train", cls=_TrainCommand, context_settings={"allow_interspersed_args": True})(train)
+    app.command("train", cls=registry_help(backbone=_backbone_help, head=_head_help), context_settings={"allow_interspersed_args": True})(train)
     app.command("export")(export)
