@@ -81,7 +81,7 @@ def test_a_plain_start_imports_no_registry_runtime():
     assert done.returncode == 0 and done.stdout.startswith("facecli ")
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert "facecli.cli.app" in imported
-    assert not imported & {"torch", "onnxruntime", "facecli.align.detectors", "facecli.nn.heads"}
+    assert not imported & {"torch", "onnxruntime", "facecli.align.detectors", "facecli.nn.heads", "facecli.train"}
 
 
 def test_registry_builds_and_lists_choices():

@@ -10,9 +10,6 @@ import typer
 
 from facecli.cli.common import UI
 from facecli.cli.options import BgrOpt, JsonOpt, MeanOpt, QuietOpt, StdOpt, VerboseOpt, out_option, registry_help
-from facecli.train.callbacks import Callback
-from facecli.train.optimizers import OPTIMIZERS
-from facecli.train.schedule import SCHEDULES
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.progress import Progress, TaskID
@@ -20,12 +17,26 @@ if TYPE_CHECKING:  # pragma: no cover
 Opt = typer.Option
 BACKBONE_HELP = "Backbone architecture."
 HEAD_HELP = "Margin head or embedding loss (papers and parameters: --list-heads)."
+OPTIMIZER_HELP = "Optimiser (default sgd: momentum 0.9, weight decay 5e-4)."
+SCHEDULE_HELP = "LR schedule (default poly, arcface_torch's)."
 
 
 def _backbone_help() -> str:
     from facecli.nn.backbones import BACKBONES
 
     return f"{BACKBONE_HELP} One of: {', '.join(BACKBONES.names())}."
+
+
+def _optimizer_help() -> str:
+    from facecli.train.optimizers import OPTIMIZERS
+
+    return f"{OPTIMIZER_HELP} One of: {', '.join(OPTIMIZERS.names())}."
+
+
+def _schedule_help() -> str:
+    from facecli.train.schedule import SCHEDULES
+
+    return f"{SCHEDULE_HELP} One of: {', '.join(SCHEDULES.names())}."
 
 
 def _head_help() -> str:
@@ -55,10 +66,8 @@ def train(
     bf16: Annotated[bool, Opt("--bf16", help="Same as --precision bf16.")] = False,
     channels_last: Annotated[bool, Opt("--channels-last", help="NHWC memory format (faster convolutions under AMP on GPUs).")] = False,
     grad_checkpoint: Annotated[bool, Opt("--grad-checkpoint", help="Recompute block activations in backward (iresnet, vit): less memory.")] = False,
-    optimizer: Annotated[Optional[str], Opt(help=f"One of: {', '.join(OPTIMIZERS.names())} (default sgd: momentum "
-                                                 "0.9, weight decay 5e-4).")] = None,
-    schedule: Annotated[Optional[str], Opt(help=f"LR schedule, one of: {', '.join(SCHEDULES.names())} (default poly, "
-                                                "arcface_torch's).")] = None,
+    optimizer: Annotated[Optional[str], Opt(help=OPTIMIZER_HELP)] = None,
+    schedule: Annotated[Optional[str], Opt(help=SCHEDULE_HELP)] = None,
     warmup_steps: Annotated[Optional[int], Opt("--warmup-steps", help="Linear LR warm-up steps.")] = None,
     embedding_size: Annotated[Optional[int], Opt("--embedding-size", help="Embedding dimension (default 512).")] = None,
     workers: Annotated[Optional[int], Opt(help="DataLoader worker processes.")] = None,
@@ -134,8 +143,12 @@ def _run(cfg: Any, resume: bool, ui: UI) -> None:
     ui.result(summary, render)
 
 
-class _ProgressCallback(Callback):
-    """A rich bar on stderr (rank 0 only) with loss, LR, samples/s and ETA."""
+class _ProgressCallback:
+    """A rich bar on stderr (rank 0 only) with loss, LR, samples/s and ETA: a :class:`facecli.train.callbacks.Callback`
+    by its methods, so that defining it does not import the trainer when the CLI starts."""
+
+    def on_validation_end(self, trainer: Any, result: Any) -> None:
+        """Validation reaches the bar through the step's metrics."""
 
     def __init__(self, ui: UI) -> None:
         self.ui = ui
@@ -218,5 +231,6 @@ def export(
 
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``export`` to the root app."""
-    app.command("train", cls=registry_help(backbone=_backbone_help, head=_head_help), context_settings={"allow_interspersed_args": True})(train)
+    helps = registry_help(backbone=_backbone_help, head=_head_help, optimizer=_optimizer_help, schedule=_schedule_help)
+    app.command("train", cls=helps, context_settings={"allow_interspersed_args": True})(train)
     app.command("export")(export)
