@@ -78,7 +78,7 @@ class PairsBenchmark(BenchmarkKind):
         entry = verification_entry(feedback, label, run)
         if run.resized:
             feedback.warn(f"{run.resized} photo(s) are not {model.input_size}x{model.input_size} face crops and were "
-                        "resized; pass --align for unaligned photos")
+                          "resized; pass --align for unaligned photos")
         if run.no_face:
             feedback.warn(f"no face found in {len(run.no_face)} photo(s); their centre crop was used (see the report)")
         return entry
@@ -144,7 +144,7 @@ def report_quality(feedback: Feedback, label: str, quality: runner.QualityReport
     """One line on the norms, and on the pairs ``--quality-threshold`` left out of the pooled metrics."""
     q = quality.to_dict()
     feedback.detail(f"{label}: embedding norm min {q['norm_min']:.3f}, median {q['norm_median']:.3f}, "
-                  f"max {q['norm_max']:.3f}")
+                    f"max {q['norm_max']:.3f}")
     if quality.threshold is not None:
         feedback.info(
             f"{label}: {quality.n_low_pairs} pair(s) have an image with quality < {quality.threshold:g}; "

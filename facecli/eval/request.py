@@ -18,13 +18,11 @@ from facecli.eval.embed import FLIP_MODES
 from facecli.eval.kinds import BENCHMARK_KINDS
 from facecli.eval.runner import Benchmark, RunOptions, resolve_benchmarks
 from facecli.normalisation import check_normalisation, parse_channels
-
-_PATH_FIELDS = ("data_root", "pairs", "images", "embeddings", "embeddings_flip", "issame", "features", "faceness",
-                "cache", "out")
+from facecli.requests import PathFields
 
 
 @dataclass(frozen=True)
-class EvalRequest:
+class EvalRequest(PathFields):
     """Models × benchmarks to evaluate, and how; one field per ``facecli eval`` option, with the CLI's defaults.
 
     ``models``: ONNX files, facecli checkpoints or run directories. ``benchmarks``: names (``lfw``, ``cfp-fp``,
@@ -66,10 +64,7 @@ class EvalRequest:
     resolved: tuple[Benchmark, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in _PATH_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, Path(value))
+        super().__post_init__()
         object.__setattr__(self, "models", tuple(Path(m) for m in _entries(self.models)))
         object.__setattr__(self, "benchmarks", tuple(str(b) for b in _entries(self.benchmarks)))
         object.__setattr__(self, "resolved", tuple(self._check()))
@@ -123,7 +118,6 @@ class EvalRequest:
     def run_options(self) -> RunOptions:
         """The settings each model × benchmark run shares."""
         return RunOptions(self.flip, self.nfolds, self.workers, self.cache, self.bootstrap, self.quality_threshold)
-
 
 
 def _entries(value: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None) -> list[str | os.PathLike[str]]:

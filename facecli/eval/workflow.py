@@ -55,7 +55,7 @@ def run(request: EvalRequest, feedback: Feedback = SILENT) -> EvalResult:
         label = model_label(spec, request.models)
         if request.quality_threshold is not None and not model.quality:
             feedback.warn(f"{label} has no facecli.quality metadata: its embedding norm may not encode face quality; "
-                        f"--quality-threshold {request.quality_threshold:g} is applied anyway")
+                          f"--quality-threshold {request.quality_threshold:g} is applied anyway")
         entries += [kind.evaluate_model(model, label, feedback) for kind in with_model]
     written = [] if request.out is None else report.write_outputs(request.out, entries, models_info, request.worst)
     return EvalResult(entries, models_info, written)
@@ -65,7 +65,7 @@ def _load(request: EvalRequest, spec: Path, feedback: Feedback) -> EmbeddingMode
     model = load_model(spec, mean=request.mean, std=request.std, bgr=request.bgr, device=request.device,
                        batch_size=request.batch_size)
     feedback.detail(f"{spec}: {model.color}, mean {model.mean}, std {model.std} ({model.preprocessing_from}), "
-                  f"{model.fingerprint}")
+                    f"{model.fingerprint}")
     return model
 
 
