@@ -20,6 +20,7 @@ from typing import Any
 from facecli.errors import UsageError
 from facecli.imageio import DEFAULT_MAX_PIXELS
 from facecli.progress import SILENT, Feedback
+from facecli.requests import PathFields
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
@@ -43,7 +44,7 @@ def example_image() -> Path:
 
 
 @dataclass
-class AlignRequest:
+class AlignRequest(PathFields):
     """Everything ``facecli align`` is told; the fields are its options, already parsed.
 
     ``raw``/``out`` are folders, one image or fsspec URLs. ``merge_manifests`` and ``example`` take one folder,

@@ -111,7 +111,7 @@ def train(
     from facecli.train.config import to_toml
 
     request = TrainRequest.from_arguments(args or [], **ctx.params)
-    cfg = resolve(request, dry_run=dry_run, log=ui.info)
+    cfg = resolve(request, dry_run=dry_run, feedback=ui)
     if dry_run:
         ui.result(cfg.to_dict(), lambda console: console.print(to_toml(cfg), markup=False, highlight=False))
         return
@@ -124,7 +124,7 @@ def _run(cfg: Any, resume: bool, ui: UI) -> None:
 
     progress = _ProgressCallback(ui)
     try:
-        summary = run(cfg, callbacks=[progress], resume=resume, log=ui.info, detail=ui.detail)
+        summary = run(cfg, callbacks=[progress], resume=resume, feedback=ui)
     finally:
         progress.close()
     if rank() > 0:

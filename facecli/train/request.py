@@ -16,13 +16,14 @@ This module imports torch only when a run starts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facecli.errors import UsageError
+from facecli.progress import SILENT, Feedback
 from facecli.train.config import TrainConfig, build_config, flatten, parse_overrides, read_config_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -148,12 +149,11 @@ class TrainRequest:
         return PRECISIONS[self.precision] if self.precision else "fp16" if self.fp16 else "bf16" if self.bf16 else None
 
 
-def resolve(request: TrainRequest, *, dry_run: bool = False,
-            log: Callable[[str], None] | None = None) -> TrainConfig:
+def resolve(request: TrainRequest, *, dry_run: bool = False, feedback: Feedback = SILENT) -> TrainConfig:
     """The configuration ``request`` asks for (what ``--dry-run`` prints), with its backbone and head checked.
 
-    A new run without ``out`` goes to ``runs/<data>-<date>-<time>`` (said through ``log``); ``dry_run`` allows a
-    request without data or output folder, to show the configuration alone.
+    A new run without ``out`` goes to ``runs/<data>-<date>-<time>`` (said through ``feedback.info``); ``dry_run``
+    allows a request without data or output folder, to show the configuration alone.
     """
     overrides = parse_overrides(request.overrides)
     layer, head_layer = request.option_layer(), request.head_layer()
@@ -172,26 +172,26 @@ def resolve(request: TrainRequest, *, dry_run: bool = False,
             raise UsageError("missing DATA: facecli train DATA --out RUN (or a config with data.path)")
         if not cfg.out and not dry_run:
             cfg.out = default_run_dir(cfg.data.path)
-            (log or (lambda msg: None))(f"no --out given: writing the run to {cfg.out}")
+            feedback.info(f"no --out given: writing the run to {cfg.out}")
     if dry_run:
         check_names(cfg)
     return cfg
 
 
 def run(request: TrainRequest | TrainConfig, callbacks: Sequence[Callback] = (), *, resume: bool = False,
-        log: Callable[[str], None] | None = None, detail: Callable[[str], None] | None = None) -> dict[str, Any]:
+        feedback: Feedback = SILENT) -> dict[str, Any]:
     """Train what ``request`` asks for (a :class:`TrainRequest`, or a ready config with ``resume``); the summary.
 
-    ``callbacks`` observe the run (``facecli.train.callbacks``); ``log`` receives notices and warnings and
-    ``detail`` the verbose messages (both: one line each).
+    ``callbacks`` observe the run (``facecli.train.callbacks``; progress is one of them); ``feedback`` receives
+    the notices and warnings (``info``) and the verbose messages (``detail``), one line each, like every verb's.
     """
     from facecli.train.trainer import Trainer
 
     if isinstance(request, TrainRequest):
-        cfg, resume = resolve(request, log=log), request.resume
+        cfg, resume = resolve(request, feedback=feedback), request.resume
     else:
         cfg = request
-    return Trainer(cfg, callbacks=callbacks, resume=resume, log=log, detail=detail).fit()
+    return Trainer(cfg, callbacks=callbacks, resume=resume, log=feedback.info, detail=feedback.detail).fit()
 
 
 def check_names(cfg: TrainConfig) -> None:
