@@ -12,6 +12,8 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 Advance = Callable[[int], None]
+#: ``progress(total)`` for a step that learns its own total (listing a folder, say) before its progress is shown
+ProgressFactory = Callable[[int], AbstractContextManager[Advance]]
 
 
 def _ignore(n: int = 1) -> None:
@@ -20,6 +22,11 @@ def _ignore(n: int = 1) -> None:
 
 def no_progress(description: str, total: int | None) -> AbstractContextManager[Advance]:
     """A progress display that shows nothing."""
+    return nullcontext(_ignore)
+
+
+def silent_progress(total: int) -> AbstractContextManager[Advance]:
+    """A :data:`ProgressFactory` that shows nothing."""
     return nullcontext(_ignore)
 
 

@@ -81,9 +81,9 @@ from facecli.imageio import (
     read_file_bytes,
 )
 from facecli.parallel import Executor, usable_cpus
+from facecli.progress import ProgressFactory, silent_progress
 
 FORMATS = ("jpg", "png")
-ProgressFactory = Callable[[int], contextlib.AbstractContextManager[Callable[[int], None]]]
 
 
 @dataclass(frozen=True)
@@ -846,7 +846,7 @@ def align_folder(
     overwrite: bool = False,
     workers: int | None = None,
     shard: str | None = None,
-    progress: ProgressFactory | None = None,
+    progress: ProgressFactory = silent_progress,
 ) -> dict[str, Any]:
     """Align every image under ``raw`` into ``out``; returns the run summary (counts per status, speed, paths).
 
@@ -869,7 +869,6 @@ def align_folder(
     started = time.perf_counter()
     run = _plan_run(source_folder, target, options, (shard_index, num_shards), overwrite)
     workers, executor = _start_workers(workers, run.todo, source_folder)
-    progress = progress or (lambda total: contextlib.nullcontext(lambda n=1: None))
     with progress(len(run.jobs)) as advance:
         advance(len(run.jobs) - len(run.todo))
         processed, cpu_seconds = _align_all(target, run.manifest_path, run.rows, run.todo, options, executor,

@@ -24,7 +24,7 @@ from typing import Any
 
 from facecli.errors import UsageError
 from facecli.gallery.calibrate import Calibration
-from facecli.gallery.faces import AlignSettings, list_images
+from facecli.gallery.faces import AlignSettings
 from facecli.gallery.metrics import OpenSetReport
 from facecli.gallery.store import Gallery
 from facecli.gallery.workflow import (
@@ -40,7 +40,7 @@ from facecli.gallery.workflow import (
     search_gallery,
     threshold_of,
 )
-from facecli.progress import SILENT, Feedback
+from facecli.progress import SILENT, Feedback, ProgressFactory
 from facecli.requests import PathFields
 
 DTYPES = ("float32", "float16")
@@ -107,11 +107,16 @@ def _model(feedback: Feedback, gallery: Gallery | None, choice: ModelChoice) -> 
     return loaded, spec
 
 
+def _progress(feedback: Feedback, description: str) -> ProgressFactory:
+    """``feedback``'s progress under ``description``, opened by the step once it has listed its images."""
+    return lambda total: feedback.progress(description, total)
+
+
 def _probes(feedback: Feedback, gallery: Gallery, root: Path, model: Any, alignment: ProbeAlignment,
             batch_size: int | None, what: str, strangers: bool = False) -> Probes:
     settings = resolve_align(gallery, alignment.align, alignment.select)
-    with feedback.progress(f"embedding {what}", len(list_images(root))) as advance:
-        probes = embed_probes(gallery, root, model, settings, batch_size, advance, strangers)
+    progress = _progress(feedback, f"embedding {what}")
+    probes = embed_probes(gallery, root, model, settings, batch_size, progress, strangers)
     _report_failures(feedback, probes.failures, what)
     return probes
 
@@ -144,11 +149,11 @@ def build(request: BuildRequest, feedback: Feedback = SILENT) -> VerbResult:
     if request.quality_threshold is not None and not loaded.describe().get("quality"):
         feedback.warn(f"{spec} has no facecli.quality metadata: its embedding norm may not encode face "
                       f"quality; --quality-threshold {request.quality_threshold:g} is applied anyway")
-    with feedback.progress("enrolling", len(list_images(request.images))) as advance:
-        result = build_gallery(
-            request.images, loaded, spec, AlignSettings(request.align, request.select), request.flip,
-            request.weighting, request.dtype, request.model.batch_size, advance, request.quality_threshold,
-        )
+    result = build_gallery(
+        request.images, loaded, spec, AlignSettings(request.align, request.select), request.flip,
+        request.weighting, request.dtype, request.model.batch_size, _progress(feedback, "enrolling"),
+        request.quality_threshold,
+    )
     _report_failures(feedback, result.failures, "gallery")
     result.gallery.save(request.out)
     data = {
@@ -179,8 +184,8 @@ def add(request: AddRequest, feedback: Feedback = SILENT) -> VerbResult:
     g = Gallery.load(request.gallery)
     loaded, _ = _model(feedback, g, request.model)
     settings = resolve_align(g, request.alignment.align, request.alignment.select)
-    with feedback.progress("enrolling", len(list_images(request.images))) as advance:
-        result = add_to_gallery(g, request.images, loaded, settings, request.model.batch_size, advance)
+    result = add_to_gallery(g, request.images, loaded, settings, request.model.batch_size,
+                            _progress(feedback, "enrolling"))
     _report_failures(feedback, result.failures, "gallery")
     if result.added:
         result.gallery.save(request.gallery)

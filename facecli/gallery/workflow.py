@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -28,8 +28,8 @@ from facecli.gallery.faces import (
 from facecli.gallery.metrics import DEFAULT_FPIRS, OpenSetReport, open_set_report, search_outcomes
 from facecli.gallery.search import ExactIndex, build_index, recall_at_k
 from facecli.gallery.store import Gallery, l2_normalize, score_threshold_problem
+from facecli.progress import Advance, ProgressFactory, silent_progress
 
-Advance = Callable[[int], None]
 UNKNOWN = "unknown"
 
 
@@ -104,7 +104,7 @@ def build_gallery(
     weighting: str = "none",
     dtype: str = "float32",
     batch_size: int | None = None,
-    advance: Advance = lambda n: None,
+    progress: ProgressFactory = silent_progress,
     quality_threshold: float | None = None,
 ) -> Enrolment:
     """Enrol every identity folder under ``images``: one template per identity, per-image embeddings kept.
@@ -112,7 +112,8 @@ def build_gallery(
     ``quality_threshold``: skip (and record as ``low_quality``) faces whose raw embedding norm is below it.
     """
     items = list_images(images)
-    embedded = embed_images(model, items, align, flip, batch_size, advance)
+    with progress(len(items)) as advance:
+        embedded = embed_images(model, items, align, flip, batch_size, advance)
     if quality_threshold is not None:
         embedded = drop_low_quality(embedded, quality_threshold)
     if not embedded.images:
@@ -126,14 +127,20 @@ def build_gallery(
 
 
 def add_to_gallery(
-    gallery: Gallery, images: Path, model: Any, align: AlignSettings, batch_size: int | None = None, advance: Advance = lambda n: None
+    gallery: Gallery,
+    images: Path,
+    model: Any,
+    align: AlignSettings,
+    batch_size: int | None = None,
+    progress: ProgressFactory = silent_progress,
 ) -> Enrolment:
     """Enrol more images (new people or more photos of enrolled ones); already enrolled files are skipped."""
     items = list_images(images)
     known = set(gallery.paths.tolist())
     fresh = [item for item in items if str(item.path.resolve()) not in known]
-    advance(len(items) - len(fresh))
-    embedded = embed_images(model, fresh, align, gallery.model.get("flip", "sum"), batch_size, advance)
+    with progress(len(items)) as advance:
+        advance(len(items) - len(fresh))
+        embedded = embed_images(model, fresh, align, gallery.model.get("flip", "sum"), batch_size, advance)
     if not embedded.images:
         return Enrolment(gallery, 0, len(items) - len(fresh), embedded.failures)
     names = _named(embedded, "gallery")
@@ -170,14 +177,15 @@ def embed_probes(
     model: Any,
     align: AlignSettings,
     batch_size: int | None = None,
-    advance: Advance = lambda n: None,
+    progress: ProgressFactory = silent_progress,
     strangers: bool = False,
 ) -> Probes:
     """Embed the probe images under ``root``; with ``strangers``, refuse enrolled identity folders first."""
     items = list_images(root)
     if strangers:
         check_strangers(gallery, items)
-    embedded = embed_images(model, items, align, gallery.model.get("flip", "sum"), batch_size, advance)
+    with progress(len(items)) as advance:
+        embedded = embed_images(model, items, align, gallery.model.get("flip", "sum"), batch_size, advance)
     unit, _ = l2_normalize(embedded.raw)
     return Probes(
         [item.path for item in embedded.images], [item.identity for item in embedded.images], unit, embedded.failures
