@@ -4,18 +4,21 @@ Target (issue 8): a 1M-template gallery answers one probe in under 1 s on a 2-co
 probe for a single probe and for a batch, in float32 and float16, and the speed-up over a Python loop of
 ``np.dot`` calls (the straightforward implementation).
 
-With ``--faiss`` (needs faiss-cpu) it builds facecli's FAISS indexes (``faiss`` = IVF-Flat, ``faiss-ivfpq``,
-``faiss-hnsw``) over the first ``--faiss-n`` templates and prints, per search setting (``nprobe`` for IVF,
-``efSearch`` for HNSW): build time, ms per probe (one probe, and a batch), recall@1 against exact search, how often
-the top-1 is the enrolled mate, and index memory per template with its total at 10M templates. Goal (issue 18):
-≤ 50 ms per probe at recall@1 ≥ 0.99 on 10M 512-d templates; 10M float32 templates are 20 GB, more than this
-machine can hold beside its other work, so the figures are taken at 1M-2M and the 10M time is extrapolated:
-linearly for flat and IVF indexes (the same recall needs about the same fraction of the gallery scanned, as cells
-grow with sqrt(N) and so does nprobe), as log N for HNSW (graph hops), which the output says.
+With ``--faiss`` (needs faiss-cpu) it builds facecli's FAISS indexes (``faiss`` = IVF-Flat, ``faiss-pq``,
+``faiss-ivfpq``, ``faiss-hnsw``) over the first ``--faiss-n`` templates and prints, per search setting (``nprobe``
+for IVF, ``efSearch`` for HNSW, candidates re-scored for the exhaustive PQ scan): build time, ms per probe (one
+probe, and a batch), recall@1 against exact search, how often the top-1 is the enrolled mate, and index memory per
+template with its total at 10M templates. Goal (issue 18): ≤ 50 ms per probe at recall@1 ≥ 0.99 on 10M 512-d
+templates. 10M float32 templates are 20 GB, more than this machine holds beside its other work; ``--dtype float16``
+makes them 10 GB, as ``gallery build --dtype float16`` does. Below 10M the 10M time is extrapolated: linearly for
+flat and IVF indexes (the same recall needs about the same fraction of the gallery scanned, as cells grow with
+sqrt(N) and so does nprobe), as log N for HNSW (graph hops).
 
     python benchmarks/bench_gallery.py                 # 1M x 512, about 1-2 minutes
     python benchmarks/bench_gallery.py --n 200000 --dim 128
-    python benchmarks/bench_gallery.py --n 1000000 --faiss-only --faiss-kinds faiss-ivfpq --faiss-n 1000000
+    python benchmarks/bench_gallery.py --n 1000000 --faiss-only --faiss-kinds faiss-pq,faiss-ivfpq --faiss-n 1000000
+    python benchmarks/bench_gallery.py --n 10000000 --dtype float16 --faiss-only --faiss-kinds faiss-pq \
+        --faiss-n 10000000                             # 10M x 512: ~12 GB of memory, ~15 minutes
 """
 
 from __future__ import annotations
@@ -36,16 +39,34 @@ import numpy as np  # noqa: E402
 from facecli.gallery.search import ExactIndex, FaissIndex, build_index, recall_at_k  # noqa: E402
 
 #: Search settings swept per FAISS index: nprobe (cells scanned) for IVF, efSearch (graph beam) for HNSW.
-SWEEP = {"faiss": (64, 256, 1024), "faiss-ivfpq": (64, 256, 1024), "faiss-hnsw": (64, 128, 256)}
+SWEEP = {"faiss": (64, 256, 1024), "faiss-pq": (64, 256, 1024), "faiss-ivfpq": (64, 256, 1024),
+         "faiss-hnsw": (64, 128, 256)}
+#: Templates per slice of the exact reference search (the slices' top-k are merged).
+EXACT_SLICE = 1_000_000
 TARGET_N = 10_000_000
 
 
-def random_units(rng: np.random.Generator, n: int, dim: int, chunk: int = 100_000) -> np.ndarray:
-    out = np.empty((n, dim), np.float32)
+def random_units(rng: np.random.Generator, n: int, dim: int, dtype: str = "float32", chunk: int = 100_000) -> np.ndarray:
+    out = np.empty((n, dim), dtype)
     for start in range(0, n, chunk):
         block = rng.standard_normal((min(chunk, n - start), dim), dtype=np.float32)
         out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
+
+
+def exact_top(templates: np.ndarray, probes: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-``k`` template indices per probe, searched slice by slice so a 10M gallery never needs a score
+    matrix (or a float32 copy of its templates) of its own size."""
+    best_scores = np.full((len(probes), 0), -np.inf, np.float32)
+    best_idx = np.empty((len(probes), 0), np.int64)
+    for start in range(0, len(templates), EXACT_SLICE):
+        scores, idx = ExactIndex(templates[start : start + EXACT_SLICE]).search(probes, k)
+        merged_scores = np.concatenate([best_scores, scores], axis=1)
+        merged_idx = np.concatenate([best_idx, idx + start], axis=1)
+        order = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(merged_scores, order, axis=1)
+        best_idx = np.take_along_axis(merged_idx, order, axis=1)
+    return best_idx
 
 
 def timed(fn, repeat: int) -> float:
@@ -71,6 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="templates in the gallery")
     parser.add_argument("--dim", type=int, default=512, help="embedding size")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="template precision (the FAISS section; float16 halves the memory, as in a gallery "
+                        "built with --dtype float16)")
     parser.add_argument("--batch", type=int, default=64, help="probes per batch for the throughput figure")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5)
@@ -91,15 +115,15 @@ def main() -> None:
         pass
     rng = np.random.default_rng(0)
     print(f"gallery {args.n} x {args.dim}, {THREADS} threads; generating ...", flush=True)
-    templates = random_units(rng, args.n, args.dim)
+    templates = random_units(rng, args.n, args.dim, args.dtype if args.faiss_only else "float32")
+    if args.faiss_only:
+        faiss_section(templates, rng, args)
+        return
     # probes of enrolled people: a template plus noise (cosine ~0.7 to it), so the exact top-1 is meaningful
     mates = rng.choice(args.n, args.batch, replace=False)
     probes = templates[mates] + random_units(rng, args.batch, args.dim)
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
     one = probes[:1]
-    if args.faiss_only:
-        faiss_section(templates, rng, args)
-        return
 
     exact32 = ExactIndex(templates)
     t32 = timed(lambda: exact32.search(one, args.k), args.repeat)
@@ -133,30 +157,20 @@ def main() -> None:
         faiss_section(templates, rng, args)
 
 
-def set_search_width(index: FaissIndex, value: int | None) -> None:
-    import faiss
-
-    structure = faiss.downcast_index(index.index)
-    if value is None:  # a flat index: nothing to set
-        return
-    if isinstance(structure, faiss.IndexHNSW):
-        structure.hnsw.efSearch = value
-    else:
-        faiss.extract_index_ivf(structure).nprobe = value
-
-
 def faiss_section(templates: np.ndarray, rng: np.random.Generator, args: argparse.Namespace) -> None:
     """Each FAISS index over the first ``--faiss-n`` templates: speed, recall@1 and memory per search setting."""
     sub = templates[: args.faiss_n]
     n = len(sub)
     count = max(args.batch, args.recall_probes)
     sub_mates = rng.choice(n, count, replace=False)
-    probes = sub[sub_mates] + random_units(rng, count, args.dim)
+    probes = sub[sub_mates].astype(np.float32) + random_units(rng, count, args.dim)
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
-    exact = ExactIndex(sub).search(probes, args.k)[1]
+    start = time.perf_counter()
+    exact = exact_top(sub, probes, args.k)
+    print(f"exact reference search of {count} probes: {time.perf_counter() - start:.0f} s", flush=True)
     batch = probes[: args.batch]
-    print(f"\nFAISS on {n} x {args.dim} templates; recall over {count} mate probes (cosine ~0.7 to their template), "
-          f"time over {args.batch}; top-{args.k}; 10M figures extrapolated\n")
+    print(f"\nFAISS on {n} x {args.dim} {sub.dtype} templates; recall over {count} mate probes (cosine ~0.7 to "
+          f"their template), time over {args.batch}; top-{args.k}; 10M figures extrapolated below 10M\n")
     print("| index | structure | build s | setting | ms/probe (1) | ms/probe (batch) | est. ms/probe at 10M "
           "| recall@1 | top-1 = mate | bytes/template | index at 10M |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -176,13 +190,15 @@ def faiss_section(templates: np.ndarray, rng: np.random.Generator, args: argpars
         growth = math.log(TARGET_N) / math.log(n) if graph else TARGET_N / n
         widths = tuple(int(v) for v in args.widths.split(",")) if args.widths else SWEEP[name]
         for value in widths if not flat else (None,):
-            set_search_width(index, value)
+            if value is not None:
+                index.set_search_width(value)
             single = timed(lambda index=index: index.search(probes[:1], args.k), args.repeat)
             per_batch = timed(lambda index=index: index.search(batch, args.k), max(1, args.repeat // 2)) / args.batch
             idx = index.search(probes, args.k)[1]
             recall1 = recall_at_k(idx[:, :1], exact[:, :1])
             mate = (idx[:, 0] == sub_mates).mean()
-            setting = "exact" if value is None else f"efSearch {value}" if graph else f"nprobe {value}"
+            setting = ("exact" if value is None else f"efSearch {value}" if graph
+                       else f"re-score {value}" if index.structure == "pq-fastscan" else f"nprobe {value}")
             print(f"| {name} | {index.structure} | {built:.0f} | {setting} | {single * 1e3:.2f} | "
                   f"{per_batch * 1e3:.3f} | {single * growth * 1e3:.1f} | {recall1:.4f} | {mate:.3f} | {per:.0f} | "
                   f"{per * TARGET_N / 2**30:.2f} GiB |", flush=True)

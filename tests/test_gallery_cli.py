@@ -185,18 +185,18 @@ def test_add_and_remove_keep_search_consistent(lfw, calibrated, tmp_path, run_cl
     assert json.loads(res.stdout)["added"] == 0 and json.loads(res.stdout)["already_enrolled"] == 6
 
 
-def test_faiss_index_reports_recall_and_memory(lfw, calibrated, tmp_path, run_cli):
+@pytest.mark.parametrize("index", ["faiss-pq", "faiss-ivfpq"])
+def test_faiss_index_reports_recall_and_memory(index, lfw, calibrated, tmp_path, run_cli):
     pytest.importorskip("faiss")
     path = copy_of(calibrated, tmp_path)
-    res = run_cli("gallery", "search", lfw / "probes" / "Al_Gore", "-g", path, "--index", "faiss-ivfpq", "-k", "3",
-              "--json")
+    res = run_cli("gallery", "search", lfw / "probes" / "Al_Gore", "-g", path, "--index", index, "-k", "3", "--json")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     dim = Gallery.load(path).dim
     # a 20-identity gallery is below the approximate-index size: exact flat index, full recall, 4 bytes a dimension
     assert (data["recall_at_1"], data["recall_at_k"], data["index_bytes_per_template"]) == (1.0, 1.0, 4 * dim)
     assert "recall@1 1.0000, recall@3 1.0000 against exact search" in res.stderr
-    assert (tmp_path / (path.name + ".faiss-ivfpq.npz")).is_file()  # cached beside the gallery
+    assert (tmp_path / (path.name + f".{index}.npz")).is_file()  # cached beside the gallery
 
 
 def test_corrupt_gallery_is_one_clear_line(tmp_path, lfw, run_cli):

@@ -332,9 +332,9 @@ def test_faiss_index_agrees_with_exact_search(tmp_path):
     assert changed.index.ntotal == 4000
 
 
-@pytest.mark.parametrize("kind,structure", [("ivfpq", "ivf-pq"), ("hnsw", "hnsw-sq8")])
+@pytest.mark.parametrize("kind,structure", [("pq", "pq-fastscan"), ("ivfpq", "ivf-pq"), ("hnsw", "hnsw-sq8")])
 def test_faiss_compressed_indexes_rerank_exactly(kind, structure, tmp_path):
-    """IVF-PQ and HNSW-SQ8 return exact cosines of re-ranked candidates: recall@1 of enrolled mates ≥ 0.99."""
+    """PQ, IVF-PQ and HNSW-SQ8 return exact cosines of re-ranked candidates: recall@1 of enrolled mates ≥ 0.99."""
     pytest.importorskip("faiss")
     from facecli.gallery.search import FaissIndex
 
@@ -344,15 +344,17 @@ def test_faiss_compressed_indexes_rerank_exactly(kind, structure, tmp_path):
     probes = unit(templates[:300] + rng.standard_normal((300, 64)).astype(np.float32) / 24)
     exact_scores, exact = ExactIndex(templates).search(probes, 5)
     index = FaissIndex(templates, cache=tmp_path / f"{kind}.npz", kind=kind)
-    assert index.structure == structure and index.rerank == 64
+    assert index.structure == structure and index.rerank == (64 if kind == "hnsw" else 256)
     scores, idx = index.search(probes, 5)
     assert recall_at_k(idx[:, :1], exact[:, :1]) >= 0.99 and recall_at_k(idx, exact) > 0.95
     np.testing.assert_allclose(scores, np.einsum("pkd,pd->pk", templates[idx], probes), atol=1e-5)  # exact scores
     assert np.all(np.diff(scores, axis=1) <= 0)  # best first
     per_template = index.bytes_per_template()
-    if kind == "ivfpq":  # 8 sub-quantisers x 8 bits + 8-byte id + the cell centroids' share
+    if kind == "ivfpq":  # 8 sub-quantisers x 4 bits + 8-byte id + the cell centroids' share
         cells = int(4 * np.sqrt(12000))
-        assert per_template == pytest.approx(8 + 8 + cells * 64 * 4 / 12000)
+        assert per_template == pytest.approx(4 + 8 + cells * 64 * 4 / 12000)
+    elif kind == "pq":  # 8 sub-quantisers x 4 bits, nothing else (12000 fills whole blocks of 32)
+        assert per_template == 4
     else:  # 64 one-byte codes + 2x32 level-0 links of 4 bytes + upper levels and bookkeeping
         assert 64 + 256 < per_template < 64 + 400
     reloaded = FaissIndex(templates, cache=tmp_path / f"{kind}.npz", kind=kind)  # from the cache
@@ -376,7 +378,7 @@ def test_faiss_small_galleries_use_the_exact_flat_index():
         build_index("faiss", templates, search_width=0)
 
 
-def test_faiss_search_width_sets_nprobe_and_ef_search():
+def test_faiss_search_width_sets_nprobe_ef_search_and_candidates():
     faiss = pytest.importorskip("faiss")
     from facecli.gallery.search import build_index
 
@@ -386,6 +388,9 @@ def test_faiss_search_width_sets_nprobe_and_ef_search():
     hnsw = build_index("faiss-hnsw", templates, search_width=40)
     assert faiss.downcast_index(hnsw.index).hnsw.efSearch == 40
     assert faiss.downcast_index(build_index("faiss-hnsw", templates).index).hnsw.efSearch == 128
+    # the exhaustive PQ scan has no cells or beam: its width is the number of candidates re-scored exactly
+    assert build_index("faiss-pq", templates, search_width=100).rerank == 100
+    assert build_index("faiss-pq", templates).rerank == 256
 
 
 def test_faiss_missing_is_a_clear_usage_error(monkeypatch):

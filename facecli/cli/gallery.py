@@ -198,8 +198,8 @@ def search(
         typer.Option(
             "--index",
             help=(
-                "exact; faiss (IVF-Flat above 100k), faiss-ivfpq (PQ codes) or faiss-hnsw (graph): need faiss-cpu, "
-                "cached beside the gallery, recall vs exact and memory reported."
+                "exact; faiss (IVF-Flat above 100k), faiss-pq (all PQ codes scanned), faiss-ivfpq (PQ codes in cells) "
+                "or faiss-hnsw (graph): need faiss-cpu, cached beside the gallery, recall vs exact and memory reported."
             ),
         ),
     ] = "exact",
@@ -208,8 +208,8 @@ def search(
         typer.Option(
             "--search-width",
             help=(
-                "FAISS: IVF cells scanned (nprobe, default 64) or HNSW beam (efSearch, default 128); "
-                "wider = higher recall, slower."
+                "FAISS: IVF cells scanned (nprobe, default 64), HNSW beam (efSearch, default 128) or, for faiss-pq, "
+                "candidates re-scored exactly (default 256); wider = higher recall, slower."
             ),
         ),
     ] = None,
