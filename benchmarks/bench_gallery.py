@@ -41,8 +41,6 @@ from facecli.gallery.search import ExactIndex, FaissIndex, build_index, recall_a
 #: Search settings swept per FAISS index: nprobe (cells scanned) for IVF, efSearch (graph beam) for HNSW.
 SWEEP = {"faiss": (64, 256, 1024), "faiss-pq": (64, 256, 1024), "faiss-ivfpq": (64, 256, 1024),
          "faiss-hnsw": (64, 128, 256)}
-#: Templates per slice of the exact reference search (the slices' top-k are merged).
-EXACT_SLICE = 1_000_000
 TARGET_N = 10_000_000
 
 
@@ -52,21 +50,6 @@ def random_units(rng: np.random.Generator, n: int, dim: int, dtype: str = "float
         block = rng.standard_normal((min(chunk, n - start), dim), dtype=np.float32)
         out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
-
-
-def exact_top(templates: np.ndarray, probes: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-``k`` template indices per probe, searched slice by slice so a 10M gallery never needs a score
-    matrix (or a float32 copy of its templates) of its own size."""
-    best_scores = np.full((len(probes), 0), -np.inf, np.float32)
-    best_idx = np.empty((len(probes), 0), np.int64)
-    for start in range(0, len(templates), EXACT_SLICE):
-        scores, idx = ExactIndex(templates[start : start + EXACT_SLICE]).search(probes, k)
-        merged_scores = np.concatenate([best_scores, scores], axis=1)
-        merged_idx = np.concatenate([best_idx, idx + start], axis=1)
-        order = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(merged_scores, order, axis=1)
-        best_idx = np.take_along_axis(merged_idx, order, axis=1)
-    return best_idx
 
 
 def timed(fn, repeat: int) -> float:
@@ -166,7 +149,7 @@ def faiss_section(templates: np.ndarray, rng: np.random.Generator, args: argpars
     probes = sub[sub_mates].astype(np.float32) + random_units(rng, count, args.dim)
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
     start = time.perf_counter()
-    exact = exact_top(sub, probes, args.k)
+    exact = ExactIndex(sub).search(probes, args.k)[1]
     print(f"exact reference search of {count} probes: {time.perf_counter() - start:.0f} s", flush=True)
     batch = probes[: args.batch]
     print(f"\nFAISS on {n} x {args.dim} {sub.dtype} templates; recall over {count} mate probes (cosine ~0.7 to "

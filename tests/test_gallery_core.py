@@ -127,6 +127,27 @@ def test_float16_search_agrees_with_float32():
     np.testing.assert_allclose(s16, s32, atol=2e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_exact_search_in_blocks_equals_one_block(dtype, monkeypatch):
+    """Chunks of probes against blocks of templates with a running top-k give the one-matrix answer, ties included
+    (lower template index first), whatever the block and chunk sizes."""
+    import facecli.gallery.search as search
+
+    rng = np.random.default_rng(6)
+    templates = unit(rng.standard_normal((1000, 32))).astype(dtype)
+    templates[700] = templates[3]  # a tie across blocks: 3 must come before 700
+    probes = np.concatenate([templates[[3, 10, 999]].astype(np.float32), unit(rng.standard_normal((47, 32)))])
+    whole = ExactIndex(templates).search(probes, 7)
+    monkeypatch.setattr(search, "PROBE_CHUNK", 16)  # 50 probes: chunks of 16, 16, 16 and 2
+    monkeypatch.setattr(search, "SCORE_BLOCK", 16 * 97)  # 97 templates a block for 16 probes, 776 for 2, 517 for 3
+    for n_probes in (50, 3, 1):
+        scores, idx = ExactIndex(templates).search(probes[:n_probes], 7)
+        np.testing.assert_array_equal(idx, whole[1][:n_probes])
+        # other GEMM shapes round differently; a few float16 probes take the half-precision kernel
+        np.testing.assert_allclose(scores, whole[0][:n_probes], atol=1e-6 if dtype == np.float32 else 2e-3)
+    assert idx[0, :2].tolist() == [3, 700]
+
+
 def test_probe_batches_bound_the_score_matrix():
     batches = list(probe_batches(1000, 10_000_000))
     assert all(b.stop - b.start <= 6 for b in batches) and batches[-1].stop == 1000
@@ -405,6 +426,37 @@ def test_faiss_missing_is_a_clear_usage_error(monkeypatch):
         build_index("annoy", np.eye(3, dtype=np.float32))
 
 
+def test_recall_of_an_approximate_index_is_measured_on_a_bounded_sample(monkeypatch):
+    """Checking an index against exact search on every probe would cost more than the index saves on a huge
+    gallery: a fixed random sample of RECALL_PROBES probes is checked, and the figures are those of the sample."""
+    pytest.importorskip("faiss")
+    from pathlib import Path
+
+    import facecli.gallery.workflow as workflow
+    from facecli.gallery.workflow import Probes, search_gallery
+
+    rng = np.random.default_rng(19)
+    gallery, *_ = make_gallery(rng, n=10, per=3)
+    embeddings = unit(gallery.templates[rng.integers(0, 10, 40)] + rng.standard_normal((40, 64)).astype(np.float32))
+    probes = Probes(paths=[Path(f"{i}.png") for i in range(40)], identities=[None] * 40, embeddings=embeddings,
+                    failures=[])
+    checked: list[int] = []
+    exact_search = workflow.ExactIndex.search
+
+    def spy(self, queries, k):
+        checked.append(len(queries))
+        return exact_search(self, queries, k)
+
+    monkeypatch.setattr(workflow, "RECALL_PROBES", 8)
+    monkeypatch.setattr(workflow.ExactIndex, "search", spy)
+    found = search_gallery(gallery, probes, 0.5, k=3, index="faiss-pq")
+    assert found.recall_probes == 8 and checked == [8]  # 8 of the 40 probes, in one exact search
+    assert (found.recall_at_1, found.recall_at_k) == (1.0, 1.0)  # a 30-template gallery: the exact flat index
+    assert len(found.records) == 40  # every probe is still answered
+    again = search_gallery(gallery, probes, 0.5, k=3, index="faiss-pq")
+    assert again.recall_probes == 8  # the same sample each time
+
+
 def test_search_decisions_and_failures_in_records():
     from pathlib import Path
 
@@ -430,6 +482,7 @@ def test_search_decisions_and_failures_in_records():
     if __import__("importlib").util.find_spec("faiss"):
         found = search_gallery(gallery, probes, 0.5, k=3, index="faiss-ivfpq")
         assert (found.recall_at_k, found.recall_at_1, found.index_bytes_per_template) == (1.0, 1.0, 64 * 4)
+        assert found.recall_probes == 2
 
 
 def test_calibrate_pairs_uses_impostor_pair_scores_only():

@@ -314,7 +314,8 @@ def search(request: SearchRequest, feedback: Feedback = SILENT) -> VerbResult:
         memory = (f"; {result.index_bytes_per_template:.0f} bytes per template"
                   if result.index_bytes_per_template is not None else "")
         feedback.info(f"{index} index: recall@1 {result.recall_at_1:.4f}, recall@{request.top_k} "
-                      f"{result.recall_at_k:.4f} against exact search{memory}")
+                      f"{result.recall_at_k:.4f} against exact search on {result.recall_probes} of "
+                      f"{len(embedded.embeddings)} probes{memory}")
     if request.out is not None:
         write_results(request.out, result.records)
     data = {
@@ -324,6 +325,7 @@ def search(request: SearchRequest, feedback: Feedback = SILENT) -> VerbResult:
         "recall_at_k": result.recall_at_k,
         "recall_at_1": result.recall_at_1,
         "index_bytes_per_template": result.index_bytes_per_template,
+        "recall_probes": result.recall_probes,
         "results": result.records,
     }
     return VerbResult(data, g)
