@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +196,14 @@ def train_bare(faces: Path, backbone: str, options: dict[str, Any], precision: s
     return rate(times, s.warmup, s.batch_size)
 
 
+def train_both(faces: Path, run: Path, backbone: str, options: dict[str, Any], precision: str, s: Settings,
+               device: torch.device) -> dict[str, float]:
+    """One training case: facecli's samples/s, the bare loop's, and their ratio (the goal is ≥ 0.95)."""
+    facecli = train_facecli(faces, run, backbone, options, precision, s, device)
+    bare = train_bare(faces, backbone, options, precision, s, device)
+    return {"facecli": facecli, "bare": bare, "ratio": facecli / bare}
+
+
 # -- Partial FC -------------------------------------------------------------------------------------------------
 def partial_fc(rate_: float, s: Settings, device: torch.device) -> dict[str, Any]:
     """One process, ``s.pfc_classes`` identities: facecli's model and step (fp16 on GPU), preloaded batches."""
@@ -237,7 +248,7 @@ def partial_fc(rate_: float, s: Settings, device: torch.device) -> dict[str, Any
 
 
 # -- embedding --------------------------------------------------------------------------------------------------
-def embedding_rate(run: Path, images: int, device: torch.device) -> float:
+def embedding_rate(run: Path, images: int, device: torch.device) -> dict[str, float]:
     """Faces/s of ``facecli eval``'s torch path: load the run's backbone, embed faces + mirrors, fuse."""
     from facecli.eval.embed import embed
     from facecli.eval.models import load_model
@@ -249,7 +260,7 @@ def embedding_rate(run: Path, images: int, device: torch.device) -> float:
         torch.cuda.synchronize()
     start = time.perf_counter()
     embed(model, faces, flip="sum")
-    return images / (time.perf_counter() - start)
+    return {"faces_per_s": images / (time.perf_counter() - start)}
 
 
 # -- align ------------------------------------------------------------------------------------------------------
@@ -300,6 +311,21 @@ def align_check(images: list[np.ndarray], device: torch.device) -> dict[str, Any
             "within_1e-3_px": same and landmark <= 1e-3}
 
 
+def guarded(row: dict[str, Any], case: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``row`` updated with what ``case(*args)`` measured; an error is marked in the row (``skipped: failed:
+    ...``, the traceback on stderr) instead of ending the run, so one failing case cannot cost the others' figures
+    in a device session that may not come again."""
+    try:
+        row.update(case(*args))
+    except Exception as exc:  # noqa: BLE001 - any failure of one case is reported, and the next case runs
+        traceback.print_exc()
+        message = str(exc).strip().splitlines()
+        row["skipped"] = f"failed: {type(exc).__name__}" + (f": {message[0][:160]}" if message else "")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return row
+
+
 # -- report -----------------------------------------------------------------------------------------------------
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
@@ -307,7 +333,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"torch {m['torch']}, CUDA {m['cuda']}, {m['cpus']} CPUs, loader workers {report['workers']}, "
              f"batch {report['batch_size']}, channels-last {report['channels_last']}"
              + (f" — {'; '.join(report['notes'])}" if report["notes"] else ""), "",
-             f"Decode + augment on one CPU core: {report['decode_per_core']:.0f} samples/s", "",
+             f"Decode + augment on one CPU core: {report.get('decode_per_core', math.nan):.0f} samples/s", "",
              "| model | precision | facecli samples/s | bare loop samples/s | facecli / bare | arcface_torch per GPU "
              "| facecli / arcface_torch |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in report["training"]:
@@ -340,7 +366,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {a['runtime']} | {a['images']} | {a['faces']} | {a['same_faces']} "
                      f"| {a['max_landmark_px']:.2e} | {a['max_box_px']:.2e} | {a['cpu_images_per_s']:.1f} "
                      f"| {a['device_images_per_s']:.1f} | {a['within_1e-3_px']} |")
-    lines.append(f"\ntotal {report['elapsed_s']:.0f} s")
+    lines.append(f"\ntotal {report.get('elapsed_s', math.nan):.0f} s")
     return "\n".join(lines) + "\n"
 
 
@@ -375,9 +401,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "workers": s.workers, "batch_size": s.batch_size, "channels_last": s.channels_last, "notes": s.notes,
         "training": [], "partial_fc": [], "embedding": [],
     }
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def record(section: str, row: dict[str, Any]) -> None:
+        """Keep a finished case: in the report, on stdout, and in the files at once, so that a run cut off by its
+        time limit still leaves every figure it took."""
+        if section == "align":
+            report["align"] = row
+        else:
+            report[section].append(row)
+        print(json.dumps(row), flush=True)
+        report["elapsed_s"] = time.perf_counter() - started
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "gpu_check.md").write_text(markdown(report))
+
     # first, as it is short (~20 s) and the one figure of its kind: it must not be the case the budget skips
-    report["align"] = align_check(align_images(s.align_images), device)
-    print(json.dumps(report["align"]), flush=True)
+    record("align", guarded({}, align_check, align_images(s.align_images), device))
     with tempfile.TemporaryDirectory() as tmp:
         faces = make_faces(Path(tmp) / "faces", s.identities, s.images_per_identity)
         report["decode_per_core"] = decode_rate(faces, 64 if args.dry_run else 2000)
@@ -385,26 +424,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for model, (backbone, options) in s.backbones.items():
             for precision in s.precisions:
                 row: dict[str, Any] = {"model": model, "backbone": backbone, "precision": precision}
+                run = Path(tmp) / f"run-{model}-{precision}"
                 if precision == "fp16" and device.type != "cuda":
                     row["skipped"] = "fp16 training needs CUDA"
                 elif over_budget():
                     row["skipped"] = "time budget"
-                else:
-                    run = Path(tmp) / f"run-{model}-{precision}"
-                    row["facecli"] = train_facecli(faces, run, backbone, options, precision, s, device)
-                    row["bare"] = train_bare(faces, backbone, options, precision, s, device)
-                    row["ratio"] = row["facecli"] / row["bare"]
+                elif "skipped" not in guarded(row, train_both, faces, run, backbone, options, precision, s, device):
                     runs.setdefault(model, run)
-                report["training"].append(row)
-                print(json.dumps(row), flush=True)
+                record("training", row)
         for rate_ in s.pfc_rates:
             row = {"sample_rate": rate_}
             if over_budget():
                 row["skipped"] = "time budget"
             else:
-                row = partial_fc(rate_, s, device)
-            report["partial_fc"].append(row)
-            print(json.dumps(row), flush=True)
+                guarded(row, partial_fc, rate_, s, device)
+            record("partial_fc", row)
         for model in s.backbones:
             row = {"model": model}
             if model not in runs:
@@ -412,12 +446,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             elif over_budget():
                 row["skipped"] = "time budget"
             else:
-                row["faces_per_s"] = embedding_rate(runs[model], s.embed_images, device)
-            report["embedding"].append(row)
-            print(json.dumps(row), flush=True)
+                guarded(row, embedding_rate, runs[model], s.embed_images, device)
+            record("embedding", row)
     report["elapsed_s"] = time.perf_counter() - started
     text = markdown(report)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "gpu_check.md").write_text(text)
     print(text, flush=True)

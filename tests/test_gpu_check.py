@@ -43,6 +43,21 @@ def test_dry_run_reports_every_section(gpu_check, tmp_path):
     assert "| torch on cpu | 10 |" in table
 
 
+def test_a_failing_case_is_marked_and_the_run_goes_on(gpu_check, tmp_path, monkeypatch):
+    """One device session may be all there is: an error in one case must not cost the other cases' figures."""
+    def out_of_memory(*args):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(gpu_check, "partial_fc", out_of_memory)
+    report = gpu_check.main(["--dry-run", "--out", str(tmp_path)])
+    assert [row["skipped"] for row in report["partial_fc"]] == [
+        "failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"] * 2
+    assert report["training"][1]["facecli"] > 0 and report["embedding"][0]["faces_per_s"] > 0  # the rest ran
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["partial_fc"] == report["partial_fc"] and "elapsed_s" in saved
+    assert "| rate 0.1 | skipped: failed: RuntimeError" in (tmp_path / "gpu_check.md").read_text()
+
+
 def test_without_a_gpu_only_the_dry_run_runs(gpu_check, tmp_path):
     if gpu_check.torch.cuda.is_available():
         pytest.skip("a GPU is present")
