@@ -382,6 +382,24 @@ def test_faiss_compressed_indexes_rerank_exactly(kind, structure, tmp_path):
     np.testing.assert_array_equal(reloaded.search(probes, 5)[1], idx)
 
 
+def test_templates_digest_covers_every_block(monkeypatch):
+    """The FAISS cache key hashes the templates block by block on all cores: every byte still counts."""
+    import hashlib
+
+    import facecli.gallery.search as search
+
+    monkeypatch.setattr(search, "DIGEST_BLOCK", 1000)  # 4,000 bytes of templates: 4 blocks
+    templates = unit(np.random.default_rng(20).standard_normal((125, 8)))
+    digest = search.templates_digest(templates)
+    assert digest == search.templates_digest(templates.copy())  # the same bytes, the same key
+    for row in (0, 40, 124):  # a change in the first, a middle and the last block
+        changed = templates.copy()
+        changed[row, 3] = np.nextafter(changed[row, 3], np.float32(2))
+        assert search.templates_digest(changed) != digest
+    assert search.templates_digest(templates.astype(np.float16)) != digest
+    assert search.templates_digest(np.zeros((0, 8), np.float32)) == hashlib.sha256(b"").hexdigest()
+
+
 def test_faiss_small_galleries_use_the_exact_flat_index():
     pytest.importorskip("faiss")
     from facecli.gallery.search import FaissIndex, build_index

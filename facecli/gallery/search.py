@@ -10,7 +10,9 @@ search reports its recall against exact search.
 from __future__ import annotations
 
 import hashlib
+import os
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
@@ -173,8 +175,7 @@ class FaissIndex:
         if kind not in self.KINDS:
             raise ValueError(f"unknown FAISS index kind {kind!r}; choose one of {', '.join(self.KINDS)}")
         self.templates = np.ascontiguousarray(templates)
-        key = (hashlib.sha256(self.templates.data).hexdigest()
-               + f"|{self.templates.dtype}|{kind}|{ivf_above}|recipe {BUILD_RECIPE}")
+        key = f"{templates_digest(self.templates)}|{self.templates.dtype}|{kind}|{ivf_above}|recipe {BUILD_RECIPE}"
         cached = _load_cached(cache, key) if cache is not None else None
         self.index: Any = cached if cached is not None else _build_faiss(faiss, self.templates, kind, ivf_above)
         if cache is not None and cached is None:
@@ -235,6 +236,18 @@ class FaissIndex:
         return float(index.d * 4)
 
 
+def templates_digest(templates: np.ndarray) -> str:
+    """SHA-256 over the SHA-256 of each :data:`DIGEST_BLOCK` of the templates' bytes, hashed on all cores (hashlib
+    releases the GIL): one core hashes ~1.4 GB/s, 7 s for the 10 GB of a 10M float16 gallery at every search."""
+    data = np.ascontiguousarray(templates).reshape(-1).view(np.uint8)
+    blocks = [data[start : start + DIGEST_BLOCK] for start in range(0, len(data), DIGEST_BLOCK)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        digests = list(pool.map(lambda block: hashlib.sha256(block).digest(), blocks))
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+#: Bytes hashed per task by :func:`templates_digest`.
+DIGEST_BLOCK = 64 * 1024 * 1024
 #: Structures whose candidates are re-scored exactly against the gallery's templates, and how many candidates they
 #: re-score by default: 4-bit PQ codes rank a near neighbour of a crowded region lower than 8-bit SQ codes do, and
 #: re-scoring 256 instead of 64 costs next to nothing beside the scan.
